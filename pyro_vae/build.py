@@ -1,0 +1,33 @@
+"""Assemble a VAE from names: the one place where registries meet networks.
+
+Scripts and checkpoint loaders call :func:`build_vae` with the names and sizes stored in a run's
+``config.json``, so a trained model can always be rebuilt from its run directory.
+"""
+
+from .encoders import ENCODERS
+from .likelihoods import LIKELIHOODS
+from .nets import NETS
+from .priors import PRIORS
+from .vae import VAE
+
+__all__ = ["build_vae"]
+
+
+def _lookup(registry, kind, name):
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry)}")
+    return registry[name]
+
+
+def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="normal",
+              likelihood="bernoulli", posterior="diagonal"):
+    """A :class:`VAE` with ``arch`` encoder/decoder nets and the named components."""
+    enc_net_cls, dec_net_cls = _lookup(NETS, "architecture", arch)
+    encoder_cls = _lookup(ENCODERS, "posterior", posterior)
+    likelihood_cls = _lookup(LIKELIHOODS, "likelihood", likelihood)
+    prior_cls = _lookup(PRIORS, "prior", prior)
+    encoder = encoder_cls(
+        enc_net_cls(image_shape, hidden_dim, encoder_cls.out_dim(latent_dim)), latent_dim
+    )
+    lik = likelihood_cls(dec_net_cls(latent_dim, hidden_dim, image_shape))
+    return VAE(encoder, lik, prior_cls(latent_dim))

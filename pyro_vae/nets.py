@@ -1,0 +1,118 @@
+"""Plain torch networks: tensors in, tensors out. No distributions here; heads live elsewhere.
+
+An encoder net maps images ``(*batch, C, H, W)`` to features ``(*batch, out_dim)``; a decoder net
+maps codes ``(*batch, latent_dim)`` to images ``(*batch, C, H, W)`` (logits or means, as the
+likelihood head decides). ``*batch`` may be several dimensions, e.g. ``(num_samples, batch)``
+under a vectorized particle plate: the nets flatten and restore it.
+
+The VAE, the deterministic autoencoder and the denoising autoencoder are all built from these
+same classes, so that comparisons between them are fair.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["NETS", "ConvDecoderNet", "ConvEncoderNet", "MLPDecoderNet", "MLPEncoderNet"]
+
+
+class MLPEncoderNet(nn.Module):
+    """``x -> flatten -> Linear(D, hidden) -> ReLU -> Linear(hidden, out_dim)``."""
+
+    def __init__(self, image_shape, hidden_dim, out_dim):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.net = nn.Sequential(
+            nn.Linear(math.prod(self.image_shape), hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x):
+        # (*batch, C, H, W) -> (*batch, C*H*W) -> (*batch, out_dim)
+        return self.net(x.flatten(-len(self.image_shape)))
+
+
+class MLPDecoderNet(nn.Module):
+    """``z -> Linear(latent, hidden) -> ReLU -> Linear(hidden, D) -> reshape to the image``."""
+
+    def __init__(self, latent_dim, hidden_dim, image_shape):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, math.prod(self.image_shape)),
+        )
+
+    def forward(self, z):
+        # (*batch, latent) -> (*batch, C*H*W) -> (*batch, C, H, W)
+        return self.net(z).unflatten(-1, self.image_shape)
+
+
+def _check_conv_shape(image_shape):
+    c, h, w = image_shape
+    if h % 4 or w % 4:
+        raise ValueError(
+            f"the conv networks halve the image twice, so height and width must be multiples of 4; "
+            f"got {h}x{w}: use --arch mlp or pad the images"
+        )
+
+
+class ConvEncoderNet(nn.Module):
+    """Two stride-2 4x4 convolutions (32, 64 channels), then ``Linear(hidden) -> ReLU -> Linear``.
+
+    28x28 -> 14x14 -> 7x7; the image sides must be multiples of 4.
+    """
+
+    def __init__(self, image_shape, hidden_dim, out_dim):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        _check_conv_shape(self.image_shape)
+        c, h, w = self.image_shape
+        self.net = nn.Sequential(
+            nn.Conv2d(c, 32, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * (h // 4) * (w // 4), hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x):
+        batch = x.shape[:-3]
+        out = self.net(x.reshape(-1, *self.image_shape))  # (prod(batch), out_dim)
+        return out.reshape(*batch, -1)
+
+
+class ConvDecoderNet(nn.Module):
+    """The mirror image of :class:`ConvEncoderNet`: ``Linear -> ReLU -> Linear -> two 4x4
+    stride-2 transposed convolutions`` (64 -> 32 -> C channels)."""
+
+    def __init__(self, latent_dim, hidden_dim, image_shape):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        _check_conv_shape(self.image_shape)
+        c, h, w = self.image_shape
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, 64 * (h // 4) * (w // 4)),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, h // 4, w // 4)),
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z):
+        batch = z.shape[:-1]
+        out = self.net(z.reshape(-1, z.shape[-1]))  # (prod(batch), C, H, W)
+        return out.reshape(*batch, *self.image_shape)
+
+
+# name -> (encoder net class, decoder net class)
+NETS = {"mlp": (MLPEncoderNet, MLPDecoderNet), "conv": (ConvEncoderNet, ConvDecoderNet)}

@@ -1,0 +1,84 @@
+"""Matplotlib figures of a run: curves, image grids, latent scatter. Each function writes a PNG.
+
+Images are tensors ``(N, C, H, W)`` in [0, 1]; the grids are drawn with ``torchvision.utils``.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or wanted
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+__all__ = ["plot_curves", "plot_image_grid", "plot_image_rows", "plot_latents"]
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _grid(images, nrow):
+    # (N, C, H, W) -> (H', W', C) numpy for imshow; single channel shown in grey
+    grid = make_grid(images.detach().cpu().float().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def plot_curves(history, path, keys=("train_loss", "test_loss"), ylabel="-ELBO (nats per image)",
+                title="Training curves"):
+    """One line per key of the per-epoch ``history`` rows, against the epoch."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [row["epoch"] for row in history]
+    for key in keys:
+        ax.plot(epochs, [row[key] for row in history], marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_image_grid(images, path, title, nrow=10):
+    """A grid of images with a title."""
+    fig, ax = plt.subplots(figsize=(nrow * 0.6 + 1, (len(images) + nrow - 1) // nrow * 0.6 + 1))
+    ax.imshow(_grid(images, nrow), cmap="gray", interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_image_rows(rows, labels, path, title):
+    """Equal-length batches of images shown as labelled rows (e.g. originals over reconstructions)."""
+    n = len(rows[0])
+    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.6 + 1.5, len(rows) * 0.8 + 0.6))
+    for ax, images, label in zip(axes, rows, labels):
+        ax.imshow(_grid(images, n), cmap="gray", interpolation="nearest")
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].set_title(title)
+    _save(fig, path)
+
+
+def plot_latents(codes, labels, path, title="Test latent means"):
+    """Scatter of codes ``(N, D)`` coloured by label; for D > 2, the first two principal axes."""
+    codes = codes.detach().cpu().float()
+    if codes.shape[1] > 2:
+        centred = codes - codes.mean(0)
+        _, s, v = torch.linalg.svd(centred, full_matrices=False)
+        xy = centred @ v[:2].T
+        explained = (s[:2] ** 2 / (s**2).sum()).tolist()
+        axis = [f"PC{i + 1} ({e:.0%} of variance)" for i, e in enumerate(explained)]
+    else:
+        xy = codes if codes.shape[1] == 2 else torch.cat([codes, torch.zeros_like(codes)], 1)
+        axis = ["z1", "z2"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.cpu(), cmap="tab10", s=6, alpha=0.8)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
+    ax.set_xlabel(axis[0])
+    ax.set_ylabel(axis[1])
+    ax.set_title(title)
+    _save(fig, path)

@@ -1,0 +1,106 @@
+"""The SVI training loop: minibatches from a whole-dataset tensor, a torch optimizer, progress bars.
+
+The loss is Pyro's ``ELBO.differentiable_loss(model, guide, x)``: -ELBO summed over the batch (a
+differentiable tensor). We step on its mean per image, so that the learning rate does not depend
+on the batch size. No ``pyro.param`` is involved: the VAE is an ``nn.Module`` and its
+``state_dict`` is the whole trained state.
+"""
+
+import math
+import time
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+from .data import batches
+
+__all__ = ["ELBOS", "NonFiniteLossError", "evaluate_loss", "fit", "make_elbo"]
+
+# name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=)
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; Pyro only warns, so the loop raises this instead."""
+
+    def __init__(self, epoch, step, value):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"the loss became {value} at epoch {epoch}, step {step}; training stopped "
+            "(try a lower --lr)"
+        )
+
+
+def make_elbo(name, num_particles=1, max_plate_nesting=1):
+    """An ELBO estimator by name (see :data:`ELBOS`), particles vectorized."""
+    if name not in ELBOS:
+        raise ValueError(f"unknown ELBO {name!r}; choose one of: {', '.join(ELBOS)}")
+    return ELBOS[name](
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=max_plate_nesting,
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(vae, loss, x, batch_size=1000):
+    """Mean -ELBO per image over ``x``, one pass in batches (a Monte-Carlo estimate)."""
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        total += loss.differentiable_loss(vae.model, vae.guide, xb).item()
+    return total / x.shape[0]
+
+
+def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
+        start_epoch=0, on_epoch=None, progress=True):
+    """Train ``vae`` with ``loss`` (a Pyro ELBO) for epochs ``start_epoch + 1 .. epochs``.
+
+    Each epoch draws a permutation (and, with ``binarize="dynamic"``, fresh binary pixels) from
+    ``generator``. After each epoch ``on_epoch(row)`` is called with a dict: ``epoch``,
+    ``train_loss`` (mean -ELBO per image over the epoch's batches), ``test_loss`` (mean -ELBO per
+    image on ``x_test``), ``seconds`` and ``images_per_second``. Returns the list of rows.
+
+    Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it.
+    """
+    history, validate = [], True
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        vae.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(
+            batches(x_train, batch_size, binarize=binarize, generator=generator),
+            total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress,
+            leave=False, unit="batch",
+        )
+        for step, xb in enumerate(bar, 1):
+            # Pyro's checks (shapes, supports, model/guide match) run on the first step of a
+            # call; after that they cost ~10% of a small MLP's step and find nothing new.
+            with pyro.validation_enabled(validate):
+                batch_loss = loss.differentiable_loss(vae.model, vae.guide, xb)  # -ELBO, summed
+            validate = False
+            value = batch_loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, step, value)
+            optimizer.zero_grad(set_to_none=True)
+            (batch_loss / xb.shape[0]).backward()
+            optimizer.step()
+            total += value
+            seen += xb.shape[0]
+            if step % 10 == 0 or step == steps_per_epoch:
+                bar.set_postfix(loss=f"{total / seen:.2f}")
+        seconds = time.perf_counter() - t0
+        vae.eval()
+        test_loss = evaluate_loss(vae, loss, x_test)
+        row = {"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss,
+               "seconds": seconds, "images_per_second": seen / seconds}
+        if not math.isfinite(test_loss):
+            raise NonFiniteLossError(epoch, "test", test_loss)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+

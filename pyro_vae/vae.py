@@ -1,0 +1,62 @@
+"""The variational autoencoder as a Pyro program: a ``model`` and a ``guide`` over one plate.
+
+.. math::
+
+    p(x, z) = p(z)\\, p(x \\mid z), \\qquad q(z \\mid x) \\text{ the encoder},
+
+    \\mathrm{ELBO}(x) = \\mathbb{E}_{q(z|x)}[\\log p(x \\mid z)] - \\mathrm{KL}(q(z \\mid x) \\,\\|\\, p(z))
+    \\le \\log p(x).
+
+The VAE never asks what kind of prior, likelihood or encoder it holds: each is a module whose
+forward returns a distribution, so swapping one is one assignment (``vae.prior = MyPrior(16)``).
+"""
+
+import pyro
+import torch
+from torch import nn
+
+__all__ = ["VAE"]
+
+
+class VAE(nn.Module):
+    """A VAE with sample sites ``"z"`` (latent) and ``"x"`` (observed) inside ``plate("data")``.
+
+    :param encoder: ``encoder(x)`` -> q(z|x), batch shape ``(N,)``, event shape ``(latent_dim,)``.
+    :param likelihood: ``likelihood(z)`` -> p(x|z), event shape the image shape.
+    :param prior: ``prior()`` -> p(z), event shape ``(latent_dim,)``.
+    """
+
+    max_plate_nesting = 1  # only plate("data"); estimators put particle plates to its left
+
+    def __init__(self, encoder, likelihood, prior):
+        super().__init__()
+        self.encoder = encoder
+        self.likelihood = likelihood
+        self.prior = prior
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(z), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.encoder(x))
+
+    # Convenience views used by plots and reports; no Pyro machinery needed.
+
+    @torch.no_grad()
+    def encode(self, x):
+        """The posterior mean E_q[z | x], shape ``(N, latent_dim)``."""
+        return self.encoder(x).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """The likelihood's mean at the posterior mean: E_p[x | z = E_q[z | x]]."""
+        return self.likelihood(self.encoder(x).mean).mean
+
+    @torch.no_grad()
+    def generate(self, num_samples):
+        """Likelihood means at prior draws z ~ p(z): ``(num_samples, *image_shape)``."""
+        z = self.prior().sample((num_samples,))
+        return self.likelihood(z).mean
