@@ -125,7 +125,7 @@ class Estimate:
 def _accumulate(model, guide, x, num_samples, chunk_size, keep_weights, kw):
     """Stream over chunks of samples: returns logsumexp_k w, logsumexp_k 2w, sum_k w, [all w]."""
     lse = lse2 = None
-    total = torch.zeros(x.shape[0], device=x.device)
+    total = x.new_zeros(x.shape[0])
     kept = []
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
