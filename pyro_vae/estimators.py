@@ -33,7 +33,15 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["Estimate", "KHAT_THRESHOLD", "elbo", "log_likelihood", "log_weights", "pareto_khat"]
+__all__ = [
+    "Estimate",
+    "KHAT_THRESHOLD",
+    "bound_curve",
+    "elbo",
+    "log_likelihood",
+    "log_weights",
+    "pareto_khat",
+]
 
 KHAT_THRESHOLD = 0.7
 
@@ -180,6 +188,14 @@ def elbo(model, guide, x, num_samples=1, *, batch_size=None, chunk_size=None, **
     _, elbo_, ess, _ = _estimate(model, guide, x, num_samples, batch_size, chunk_size, False,
                                  kwargs)
     return Estimate(elbo_, num_samples, ess)
+
+
+def bound_curve(model, guide, x, ks=(1, 5, 50, 500, 5000), **kwargs):
+    """Mean IWAE_K over the images ``x`` for each K in ``ks``: estimates of E[IWAE_K], which rise
+    with K from the ELBO (K = 1) towards log p(x). Returns ``{K: Estimate}``; keyword arguments
+    go to :func:`log_likelihood` (``khat`` defaults to False here)."""
+    kwargs.setdefault("khat", False)
+    return {k: log_likelihood(model, guide, x, num_samples=k, **kwargs) for k in ks}
 
 
 def pareto_khat(log_weights):

@@ -11,7 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-__all__ = ["plot_curves", "plot_image_grid", "plot_image_rows", "plot_latents"]
+__all__ = [
+    "plot_bound_curve",
+    "plot_curves",
+    "plot_image_grid",
+    "plot_image_rows",
+    "plot_khat",
+    "plot_kl_per_dimension",
+    "plot_latents",
+]
 
 
 def _save(fig, path):
@@ -81,4 +89,51 @@ def plot_latents(codes, labels, path, title="Test latent means"):
     ax.set_xlabel(axis[0])
     ax.set_ylabel(axis[1])
     ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_bound_curve(curve, path, exact=None, title="Importance-weighted bounds"):
+    """Mean IWAE_K against K (log axis), with standard errors over images; ``curve`` maps K to an
+    :class:`~pyro_vae.estimators.Estimate`. K = 1 is the ELBO. ``exact``: a reference line."""
+    ks = sorted(curve)
+    means = [curve[k].mean for k in ks]
+    errs = [curve[k].stderr for k in ks]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label="mean IWAE$_K$ (K=1: ELBO)")
+    if exact is not None:
+        ax.axhline(exact, color="k", linestyle="--", label="exact log p(x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples per image)")
+    ax.set_ylabel("nats per image")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_khat(khat, path, threshold=0.7, title="Pareto k-hat of the importance weights"):
+    """ArviZ's k-hat plot: one point per image, bands at 0.5 / 0.7 / 1."""
+    import warnings
+
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ's notices about its own refactor
+        ax = az.plot_khat(khat.detach().cpu().numpy(), show_bins=True)
+    ax.set_xlabel("test image")
+    ax.set_title(f"{title}: {float((khat > threshold).float().mean()):.0%} above {threshold}")
+    _save(ax.figure, path)
+
+
+def plot_kl_per_dimension(kl, activity, path, threshold=0.01):
+    """Bars of E_x KL(q(z_d|x) || p(z_d)) per dimension, sorted, active units highlighted."""
+    order = torch.argsort(kl, descending=True)
+    active = (activity > threshold)[order]
+    fig, ax = plt.subplots(figsize=(max(6, len(kl) * 0.15), 4))
+    colours = ["tab:blue" if a else "tab:grey" for a in active.tolist()]
+    ax.bar(range(len(kl)), kl[order].numpy(), color=colours)
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(f"KL per latent dimension: {int(active.sum())} of {len(kl)} active "
+                 f"(Cov_x E[z_d|x] > {threshold})")
     _save(fig, path)
