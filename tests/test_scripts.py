@@ -18,7 +18,7 @@ SVI_OUTPUTS = ["config.json", "metrics.csv", "metrics.json", "summary.json", "ch
                "checkpoint_best.pt", "elbo_curves.png", "reconstructions.png",
                "prior_samples.png", "latent_space.png"]
 
-TESTED_SCRIPTS = {"train_svi.py"}
+TESTED_SCRIPTS = {"train_svi.py", "evaluate.py"}
 
 
 def test_every_script_is_tested():
@@ -91,3 +91,31 @@ def test_train_svi_bad_flags_get_one_line(tmp_path, args, message):
         message in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_writes_bounds_and_diagnostics(svi_run, tmp_path):
+    out, _ = svi_run
+    proc = run_script("evaluate.py", out, "--no-download", "--data-root", tmp_path / "data",
+                      "--samples", "30", "--images", "40", "--curve", "1,3,30",
+                      "--curve-images", "20", "--out", tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("evaluation.json", "bound_curve.png", "khat.png", "kl_per_dimension.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0, name
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["loglik"]["num_samples"] == 30 and result["loglik"]["num_images"] == 40
+    assert result["loglik"]["elbo_mean"] <= result["loglik"]["mean"]
+    curve = result["bound_curve"]
+    assert list(curve) == ["1", "3", "30"]
+    assert curve["1"]["mean"] < curve["30"]["mean"]  # more samples, tighter bound
+    assert len(result["activity"]) == 4 and 0 <= result["active_units"] <= 4
+    assert len(result["kl_per_dimension"]) == 4
+
+
+def test_evaluate_refuses_a_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "checkpoint_last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = run_script("evaluate.py", tmp_path, "--no-download")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a readable checkpoint" in lines[0]
+    assert bad.read_bytes() == b"not a checkpoint"
