@@ -34,7 +34,8 @@ def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="
         enc_net_cls(image_shape, hidden_dim, encoder_cls.out_dim(latent_dim)), latent_dim
     )
     lik = likelihood_cls(dec_net_cls(latent_dim, hidden_dim, image_shape))
-    return VAE(encoder, lik, prior_cls(latent_dim))
+    prior_module = prior_cls.build(latent_dim, encoder=encoder, image_shape=tuple(image_shape))
+    return VAE(encoder, lik, prior_module)
 
 
 def vae_from_checkpoint(state, image_shape):

@@ -18,7 +18,7 @@ ACTIVE_THRESHOLD = 0.01
 def active_units(vae, x, batch_size=1000, threshold=ACTIVE_THRESHOLD):
     """Returns ``(activity, count)``: A_d of shape ``(latent_dim,)`` and how many exceed
     ``threshold``."""
-    means = torch.cat([vae.encoder(xb).mean for xb in x.split(batch_size)])  # (N, D)
+    means = torch.cat([vae.encode(xb) for xb in x.split(batch_size)])  # (N, D)
     activity = means.var(0, unbiased=True)
     return activity.cpu(), int((activity > threshold).sum())
 
@@ -41,7 +41,8 @@ def kl_per_dimension(vae, x, batch_size=1000):
     total = 0.0
     for xb in x.split(batch_size):
         q = _base(vae.encoder(xb))
-        if q.batch_shape[-1:] != prior.batch_shape[-1:] or not q.batch_shape:
+        latent_dim = prior.batch_shape[-1:] if prior.event_shape == () else None
+        if q.event_shape != () or latent_dim is None or q.batch_shape != (len(xb), *latent_dim):
             raise NotImplementedError("the posterior or prior does not factorize per dimension")
         total = total + kl_divergence(q, prior).sum(0)  # (D,)
     return (total / x.shape[0]).cpu()

@@ -15,11 +15,14 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from .data import batches
+from .objectives import IWAE
 
-__all__ = ["ELBOS", "NonFiniteLossError", "evaluate_loss", "fit", "make_elbo"]
+__all__ = ["ELBOS", "NonFiniteLossError", "evaluate_loss", "fit", "kl_schedule", "make_elbo"]
 
-# name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=)
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+# name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=).
+# "meanfield" uses closed-form KL(q || p) where torch knows it (e.g. diagonal Normal vs the
+# standard normal prior); "iwae" is the importance-weighted bound with K = num_particles.
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": IWAE}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,14 +57,26 @@ def evaluate_loss(vae, loss, x, batch_size=1000):
     return total / x.shape[0]
 
 
+def kl_schedule(beta=1.0, warmup_epochs=0):
+    """The KL weight of each epoch: beta * min(1, epoch / warmup_epochs) (linear warm-up,
+    Bowman et al. 2016; Sonderby et al. 2016), or beta throughout when ``warmup_epochs == 0``."""
+    if warmup_epochs <= 0:
+        return lambda epoch: beta
+    return lambda epoch: beta * min(1.0, epoch / warmup_epochs)
+
+
 def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
-        start_epoch=0, on_epoch=None, progress=True):
+        start_epoch=0, on_epoch=None, progress=True, kl_weight=None):
     """Train ``vae`` with ``loss`` (a Pyro ELBO) for epochs ``start_epoch + 1 .. epochs``.
 
     Each epoch draws a permutation (and, with ``binarize="dynamic"``, fresh binary pixels) from
     ``generator``. After each epoch ``on_epoch(row)`` is called with a dict: ``epoch``,
-    ``train_loss`` (mean -ELBO per image over the epoch's batches), ``test_loss`` (mean -ELBO per
-    image on ``x_test``), ``seconds`` and ``images_per_second``. Returns the list of rows.
+    ``train_loss`` (the objective per image over the epoch's batches: -ELBO, or -IWAE_K for the
+    IWAE objective), ``test_loss`` (the same on ``x_test``, with KL weight 1), ``kl_weight``,
+    ``seconds`` and ``images_per_second``. Returns the list of rows.
+
+    ``kl_weight(epoch)``, if given, sets ``vae.kl_scale`` for the epoch's training steps
+    (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the true -ELBO.
 
     Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it.
     """
@@ -69,6 +84,8 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
     for epoch in range(start_epoch + 1, epochs + 1):
         vae.train()
+        if kl_weight is not None:
+            vae.kl_scale = kl_weight(epoch)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         bar = tqdm(
@@ -94,8 +111,10 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
                 bar.set_postfix(loss=f"{total / seen:.2f}")
         seconds = time.perf_counter() - t0
         vae.eval()
+        vae.kl_scale = 1.0
         test_loss = evaluate_loss(vae, loss, x_test)
         row = {"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss,
+               "kl_weight": 1.0 if kl_weight is None else kl_weight(epoch),
                "seconds": seconds, "images_per_second": seen / seconds}
         if not math.isfinite(test_loss):
             raise NonFiniteLossError(epoch, "test", test_loss)

@@ -12,6 +12,7 @@ forward returns a distribution, so swapping one is one assignment (``vae.prior =
 """
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from torch import nn
 
@@ -33,27 +34,38 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.likelihood = likelihood
         self.prior = prior
+        # beta of the beta-VAE: scales log p(z) - log q(z|x) at site "z" in model and guide,
+        # i.e. ELBO_beta = E_q[log p(x|z)] - beta KL(q || p). 1 is the true ELBO, and the value
+        # every estimator of log p(x) must see; train.fit sets it per epoch and restores 1.
+        self.kl_scale = 1.0
 
     def model(self, x):
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior())
+            with poutine.scale(scale=self.kl_scale):
+                z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(z), obs=x)
 
     def guide(self, x):
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(x))
+            with poutine.scale(scale=self.kl_scale):
+                pyro.sample("z", self.encoder(x))
 
     # Convenience views used by plots and reports; no Pyro machinery needed.
 
     @torch.no_grad()
-    def encode(self, x):
-        """The posterior mean E_q[z | x], shape ``(N, latent_dim)``."""
-        return self.encoder(x).mean
+    def encode(self, x, num_samples=100):
+        """The posterior mean E_q[z | x], shape ``(N, latent_dim)``; a Monte-Carlo average of
+        ``num_samples`` draws where q has no closed-form mean (e.g. a flow)."""
+        q = self.encoder(x)
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((num_samples,)).mean(0)
 
     @torch.no_grad()
     def reconstruct(self, x):
         """The likelihood's mean at the posterior mean: E_p[x | z = E_q[z | x]]."""
-        return self.likelihood(self.encoder(x).mean).mean
+        return self.likelihood(self.encode(x)).mean
 
     @torch.no_grad()
     def generate(self, num_samples):

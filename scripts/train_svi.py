@@ -29,7 +29,7 @@ from pyro_vae.nets import NETS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import RunError, prepare_run_dir, resolve_device, write_json, write_metrics
-from pyro_vae.train import ELBOS, NonFiniteLossError, fit, make_elbo
+from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
 
 PROG = "train_svi.py"
 
@@ -47,7 +47,9 @@ class Config:
     likelihood: str = "bernoulli"  # p(x|z), from pyro_vae.likelihoods.LIKELIHOODS
     posterior: str = "diagonal"  # q(z|x), from pyro_vae.encoders.ENCODERS
     elbo: str = "trace"  # training objective, from pyro_vae.train.ELBOS
-    num_particles: int = 1  # samples of z per image in the training objective (vectorized)
+    num_particles: int = 1  # samples of z per image in the training objective (K for iwae)
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
+    kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to beta
     epochs: int = 100  # passes over the training set
     batch_size: int = 100  # images per SVI step
     lr: float = 1e-3  # Adam learning rate
@@ -82,6 +84,9 @@ def build_parser():
     g = p.add_argument_group("training")
     g.add_argument("--elbo", default=d.elbo, help=f"objective: {', '.join(ELBOS)} (default: %(default)s)")
     g.add_argument("--num-particles", type=int, default=d.num_particles, help="z samples per image per step (default: %(default)s)")
+    g.add_argument("--beta", type=float, default=d.beta, help="KL weight, beta-VAE (default: %(default)s)")
+    g.add_argument("--kl-warmup", type=int, default=d.kl_warmup,
+                   help="epochs of linear KL warm-up from 0 to --beta (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
@@ -114,6 +119,11 @@ def check_config(cfg):
                              f"got {getattr(cfg, name)}")
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be positive, got {cfg.lr}")
+    if not cfg.beta > 0:
+        raise ValueError(f"--beta must be positive, got {cfg.beta}")
+    if cfg.kl_warmup < 0:
+        raise ValueError(f"--kl-warmup must be zero or a positive number of epochs, "
+                         f"got {cfg.kl_warmup}")
 
 
 def rng_state(generator):
@@ -186,7 +196,8 @@ def run(cfg, resume_state=None, progress=True):
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
     fit(vae, loss, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
         batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
-        start_epoch=start_epoch, on_epoch=on_epoch, progress=progress)
+        start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
+        kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup))
 
     vae.eval()
     x_eval = data.x_test[: cfg.eval_images]

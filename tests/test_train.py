@@ -25,7 +25,8 @@ def test_negative_elbo_falls_on_real_digits(mnist_offline, arch, elbo):
     assert before > 500
     assert history[-1]["test_loss"] < 0.5 * before
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert all(set(r) == {"epoch", "train_loss", "test_loss", "seconds", "images_per_second"}
+    assert all(set(r) == {"epoch", "train_loss", "test_loss", "kl_weight", "seconds",
+                      "images_per_second"}
                for r in history)
 
 
@@ -45,5 +46,5 @@ def test_non_finite_loss_stops_before_the_step(mnist_offline):
 
 
 def test_unknown_elbo_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="trace, meanfield"):
+    with pytest.raises(ValueError, match="trace, meanfield, iwae"):
         make_elbo("renyi")
