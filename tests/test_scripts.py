@@ -119,3 +119,26 @@ def test_evaluate_refuses_a_corrupt_checkpoint(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not a readable checkpoint" in lines[0]
     assert bad.read_bytes() == b"not a checkpoint"
+
+
+def test_train_svi_swaps_every_kind_of_component_by_name(tmp_path):
+    out = tmp_path / "run"
+    proc = run_script("train_svi.py", *TINY_SVI, "--data-root", tmp_path / "data", "--out", out,
+                      "--prior", "vamp", "--likelihood", "continuous-bernoulli",
+                      "--binarize", "none", "--posterior", "flow", "--elbo", "iwae",
+                      "--num-particles", "3", "--beta", "0.5", "--kl-warmup", "2")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["kl_weight"] for row in metrics] == [0.25, 0.5]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["prior"], config["posterior"], config["elbo"]) == ("vamp", "flow", "iwae")
+
+
+def test_train_svi_refuses_grey_levels_under_bernoulli(tmp_path):
+    proc = run_script("train_svi.py", *TINY_SVI, "--data-root", tmp_path / "data",
+                      "--out", tmp_path / "run", "--binarize", "none")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_svi.py: error: the bernoulli likelihood needs binary pixels")
+    assert "--binarize dynamic" in last and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
