@@ -4,28 +4,55 @@ The VAE is a Pyro model/guide pair built from components that return distributio
 estimators give per-image marginal log-likelihood bounds for any Pyro model and guide.
 """
 
-from .build import build_vae
+from .build import build_vae, vae_from_checkpoint
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import BINARIZATIONS, DATASETS, DataError, ImageData, batches, load_dataset
-from .encoders import ENCODERS, DiagonalNormalEncoder
-from .estimators import Estimate, elbo, log_likelihood, log_weights, pareto_khat
-from .likelihoods import LIKELIHOODS, BernoulliLikelihood
+from .diagnostics import active_units, kl_per_dimension
+from .encoders import ENCODERS, DiagonalNormalEncoder, FlowEncoder, FullCovarianceEncoder
+from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
+from .likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    BetaLikelihood,
+    ContinuousBernoulliLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+)
 from .nets import NETS, ConvDecoderNet, ConvEncoderNet, MLPDecoderNet, MLPEncoderNet
-from .priors import PRIORS, StandardNormalPrior
-from .train import ELBOS, NonFiniteLossError, fit, make_elbo
+from .objectives import IWAE
+from .priors import (
+    PRIORS,
+    FlowPrior,
+    LearnedNormalPrior,
+    MixturePrior,
+    StandardNormalPrior,
+    VampPrior,
+)
+from .train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
 from .vae import VAE
 
 __all__ = [
     # the model
     "VAE",
     "build_vae",
+    "vae_from_checkpoint",
     # components and their registries
     "PRIORS",
     "StandardNormalPrior",
+    "LearnedNormalPrior",
+    "MixturePrior",
+    "VampPrior",
+    "FlowPrior",
     "LIKELIHOODS",
     "BernoulliLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "GaussianLikelihood",
+    "LaplaceLikelihood",
+    "BetaLikelihood",
     "ENCODERS",
     "DiagonalNormalEncoder",
+    "FullCovarianceEncoder",
+    "FlowEncoder",
     "NETS",
     "MLPEncoderNet",
     "MLPDecoderNet",
@@ -40,7 +67,9 @@ __all__ = [
     "batches",
     # training and checkpoints
     "ELBOS",
+    "IWAE",
     "make_elbo",
+    "kl_schedule",
     "fit",
     "NonFiniteLossError",
     "save_checkpoint",
@@ -51,5 +80,8 @@ __all__ = [
     "log_likelihood",
     "elbo",
     "log_weights",
+    "bound_curve",
     "pareto_khat",
+    "active_units",
+    "kl_per_dimension",
 ]
