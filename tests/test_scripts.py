@@ -142,3 +142,17 @@ def test_train_svi_refuses_grey_levels_under_bernoulli(tmp_path):
     assert last.startswith("train_svi.py: error: the bernoulli likelihood needs binary pixels")
     assert "--binarize dynamic" in last and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_train_svi_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+    common = [*TINY_SVI, "--data-root", tmp_path / "data", "--eval-samples", "5"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_script("train_svi.py", *common, "--epochs", "3", "--out", straight).returncode == 0
+    assert run_script("train_svi.py", *common, "--epochs", "1", "--out", stopped).returncode == 0
+    proc = run_script("train_svi.py", "--resume", stopped, "--epochs", "3", "--quiet",
+                      "--data-root", tmp_path / "data", "--no-download")
+    assert proc.returncode == 0, proc.stderr
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((stopped / "metrics.json").read_text())
+    key = lambda rows: [(r["epoch"], r["train_loss"], r["test_loss"]) for r in rows]  # noqa
+    assert key(a) == key(b) and len(a) == 3
