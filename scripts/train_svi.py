@@ -19,7 +19,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError, load_dataset
 from pyro_vae.encoders import ENCODERS
@@ -157,9 +157,7 @@ def run(cfg, resume_state=None, progress=True):
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
-    vae = build_vae(data.image_shape, arch=cfg.arch, latent_dim=cfg.latent_dim,
-                    hidden_dim=cfg.hidden_dim, prior=cfg.prior, likelihood=cfg.likelihood,
-                    posterior=cfg.posterior).to(device)
+    vae = build_vae(data.image_shape, **{k: getattr(cfg, k) for k in VAE_OPTIONS}).to(device)
     # Refuse data outside the likelihood's support before any training.
     vae.likelihood.check_data(data.x_test, "test set")
     if cfg.binarize != "dynamic":
