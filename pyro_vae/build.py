@@ -1,16 +1,28 @@
-"""Assemble a VAE from names: the one place where registries meet networks.
+"""Assemble models from names: the one place where registries meet networks.
 
-Scripts and checkpoint loaders call :func:`build_vae` with the names and sizes stored in a run's
-``config.json``, so a trained model can always be rebuilt from its run directory.
+Scripts and checkpoint loaders call :func:`build_vae` / :func:`build_autoencoder` with the names
+and sizes stored in a run's ``config.json``, so a trained model can always be rebuilt from its run
+directory. Both use the same encoder/decoder net classes, so the VAE and its autoencoder baselines
+differ only in what sits on top of the nets.
 """
 
+from .autoencoders import Autoencoder, DenoisingAutoencoder
+from .checkpoint import CheckpointError
 from .encoders import ENCODERS
 from .likelihoods import LIKELIHOODS
 from .nets import NETS
+from .noise import make_noise
 from .priors import PRIORS
 from .vae import VAE
 
-__all__ = ["VAE_OPTIONS", "build_vae", "vae_from_checkpoint"]
+__all__ = [
+    "AUTOENCODER_OPTIONS",
+    "VAE_OPTIONS",
+    "autoencoder_from_checkpoint",
+    "build_autoencoder",
+    "build_vae",
+    "vae_from_checkpoint",
+]
 
 
 def _lookup(registry, kind, name):
@@ -21,6 +33,8 @@ def _lookup(registry, kind, name):
 
 # The keyword arguments of build_vae: the part of a run's config that fixes the model.
 VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "prior", "likelihood", "posterior")
+# The keyword arguments of build_autoencoder.
+AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "loss", "noise", "noise_level")
 
 
 def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="normal",
@@ -38,20 +52,45 @@ def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="
     return VAE(encoder, lik, prior_module)
 
 
+def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hidden_dim=400,
+                      loss="bce", noise="gaussian", noise_level=0.5):
+    """An :class:`Autoencoder` (``model="ae"``) or :class:`DenoisingAutoencoder` (``"dae"``, with
+    the named noise at ``noise_level``) on the ``arch`` nets; the encoder net outputs the code."""
+    enc_net_cls, dec_net_cls = _lookup(NETS, "architecture", arch)
+    enc = enc_net_cls(image_shape, hidden_dim, latent_dim)
+    dec = dec_net_cls(latent_dim, hidden_dim, image_shape)
+    if model == "ae":
+        return Autoencoder(enc, dec, loss)
+    if model == "dae":
+        return DenoisingAutoencoder(enc, dec, make_noise(noise, noise_level), loss)
+    raise ValueError(f"unknown autoencoder {model!r}; choose one of: ae, dae")
+
+
+def _load_strictly(module, state, options):
+    try:
+        module.load_state_dict(state["model"])
+    except RuntimeError as e:
+        detail = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
+        raise CheckpointError(f"the checkpoint's weights do not fit the model its config "
+                              f"describes ({options}): {detail}") from None
+    return module
+
+
 def vae_from_checkpoint(state, image_shape):
     """Rebuild the VAE a checkpoint was trained as, and load its weights (strictly).
 
     Raises :class:`~pyro_vae.checkpoint.CheckpointError` naming the mismatch when the weights do
     not fit the model its config describes.
     """
-    from .checkpoint import CheckpointError
-
+    if state["config"].get("model", "vae") != "vae":
+        raise CheckpointError(f"the checkpoint holds a {state['config']['model']}, not a VAE")
     options = {k: state["config"][k] for k in VAE_OPTIONS if k in state["config"]}
-    vae = build_vae(image_shape, **options)
-    try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as e:
-        detail = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
-        raise CheckpointError(f"the checkpoint's weights do not fit the model its config "
-                              f"describes ({options}): {detail}") from None
-    return vae
+    return _load_strictly(build_vae(image_shape, **options), state, options)
+
+
+def autoencoder_from_checkpoint(state, image_shape):
+    """Rebuild the AE or DAE of a ``scripts/train_baselines.py`` checkpoint and load its weights."""
+    if state["config"].get("model") not in ("ae", "dae"):
+        raise CheckpointError("the checkpoint holds a VAE, not an autoencoder")
+    options = {k: state["config"][k] for k in AUTOENCODER_OPTIONS if k in state["config"]}
+    return _load_strictly(build_autoencoder(image_shape, **options), state, options)

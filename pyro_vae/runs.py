@@ -1,7 +1,9 @@
-"""Run directories: device choice, refusing to clobber a finished run, metrics and JSON files.
+"""Run directories: device choice, refusing to clobber a finished run, metrics, checkpoints.
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per epoch),
-``checkpoint_last.pt`` / ``checkpoint_best.pt``, ``summary.json`` and PNG figures.
+``checkpoint_last.pt`` (end of the last finished epoch: what ``--resume`` continues from) and
+``checkpoint_best.pt`` (lowest test loss), ``summary.json`` and PNG figures; after Ctrl-C, also
+``checkpoint_interrupted.pt`` (the weights at the moment of the interrupt).
 """
 
 import csv
@@ -10,9 +12,21 @@ import os
 import tempfile
 
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["RUN_MARKERS", "RunError", "prepare_run_dir", "resolve_device", "write_json",
-           "write_metrics"]
+from .checkpoint import CheckpointError, save_checkpoint
+
+__all__ = [
+    "RUN_MARKERS",
+    "Recorder",
+    "RunError",
+    "prepare_run_dir",
+    "resolve_device",
+    "rng_state",
+    "set_rng_state",
+    "write_json",
+    "write_metrics",
+]
 
 # Files whose presence means a directory already holds a run.
 RUN_MARKERS = ("config.json", "checkpoint_last.pt", "metrics.csv", "summary.json")
@@ -67,3 +81,78 @@ def write_metrics(history, folder):
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, os.path.join(folder, "metrics.csv"))
+
+
+def rng_state(generator):
+    """Every random state a run draws from: torch's global one (Pyro's sample sites, inits), the
+    data ``generator`` (permutations, binarization, noise), CUDA's when present."""
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Recorder:
+    """Per-epoch bookkeeping of a run directory, passed to a training loop as ``on_epoch``.
+
+    Each call appends the epoch's row to ``history``, rewrites the metrics files, saves
+    ``checkpoint_last.pt`` (model, optimizer, config, epoch, random states, history) and, when the
+    test loss is the lowest so far, ``checkpoint_best.pt``, then prints one line.
+    """
+
+    def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):
+        self.out, self.model, self.optimizer = out, model, optimizer
+        self.config, self.generator, self.epochs = config, generator, epochs
+        self.loss_label = loss_label
+        self.history, self.best = [], float("inf")
+
+    def resume(self, state):
+        """Restore a ``checkpoint_last.pt``; returns the epoch it finished."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"], self.generator)
+            self.history = list(state["history"])
+            epoch = int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"the checkpoint in {self.out} does not fit the model its "
+                                  f"config describes ({first})") from None
+        self.best = min((row["test_loss"] for row in self.history), default=float("inf"))
+        return epoch
+
+    def state(self, epoch):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": self.config, "epoch": epoch, "rng": rng_state(self.generator),
+                "history": self.history}
+
+    def __call__(self, row):
+        self.history.append(row)
+        write_metrics(self.history, self.out)
+        state = self.state(row["epoch"])
+        save_checkpoint(state, os.path.join(self.out, "checkpoint_last.pt"))
+        if row["test_loss"] < self.best:
+            self.best = row["test_loss"]
+            save_checkpoint(state, os.path.join(self.out, "checkpoint_best.pt"))
+        tqdm.write(f"epoch {row['epoch']:4d}/{self.epochs}  train {self.loss_label} "
+                   f"{row['train_loss']:8.2f}  test {self.loss_label} {row['test_loss']:8.2f}  "
+                   f"({row['images_per_second']:.0f} images/s)")
+
+    @property
+    def last_epoch(self):
+        """The last finished epoch (0 before the first)."""
+        return self.history[-1]["epoch"] if self.history else 0
+
+    def save_interrupted(self):
+        """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt``; returns
+        its path. ``checkpoint_last.pt`` is left at the last finished epoch, for an exact resume."""
+        path = os.path.join(self.out, "checkpoint_interrupted.pt")
+        save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
+        return path

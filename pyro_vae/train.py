@@ -1,4 +1,5 @@
-"""The SVI training loop: minibatches from a whole-dataset tensor, a torch optimizer, progress bars.
+"""The training loops, SVI and autoencoder: minibatches from a whole-dataset tensor, a torch
+optimizer, progress bars, a stop on the first non-finite loss.
 
 The loss is Pyro's ``ELBO.differentiable_loss(model, guide, x)``: -ELBO summed over the batch (a
 differentiable tensor). We step on its mean per image, so that the learning rate does not depend
@@ -17,7 +18,16 @@ from tqdm.auto import tqdm
 from .data import batches
 from .objectives import IWAE
 
-__all__ = ["ELBOS", "NonFiniteLossError", "evaluate_loss", "fit", "kl_schedule", "make_elbo"]
+__all__ = [
+    "ELBOS",
+    "NonFiniteLossError",
+    "evaluate_autoencoder",
+    "evaluate_loss",
+    "fit",
+    "fit_autoencoder",
+    "kl_schedule",
+    "make_elbo",
+]
 
 # name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=).
 # "meanfield" uses closed-form KL(q || p) where torch knows it (e.g. diagonal Normal vs the
@@ -65,6 +75,50 @@ def kl_schedule(beta=1.0, warmup_epochs=0):
     return lambda epoch: beta * min(1.0, epoch / warmup_epochs)
 
 
+def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, batch_size,
+                binarize, generator, start_epoch, on_epoch, progress, begin_epoch=None):
+    """The loop shared by :func:`fit` and :func:`fit_autoencoder`.
+
+    ``batch_loss(xb, first)`` returns the loss summed over the batch (``first``: the first step of
+    this call); ``test_loss()`` the mean test loss per image; ``begin_epoch(epoch)`` may set
+    per-epoch state and returns extra columns for the epoch's row.
+    """
+    history = []
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        module.train()
+        extra = begin_epoch(epoch) if begin_epoch is not None else {}
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(
+            batches(x_train, batch_size, binarize=binarize, generator=generator),
+            total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress,
+            leave=False, unit="batch",
+        )
+        for step, xb in enumerate(bar, 1):
+            loss = batch_loss(xb, first=not history and step == 1)  # summed over the batch
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, step, value)
+            optimizer.zero_grad(set_to_none=True)
+            (loss / xb.shape[0]).backward()
+            optimizer.step()
+            total += value
+            seen += xb.shape[0]
+            if step % 10 == 0 or step == steps_per_epoch:
+                bar.set_postfix(loss=f"{total / seen:.2f}")
+        seconds = time.perf_counter() - t0
+        module.eval()
+        row = {"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss(), **extra,
+               "seconds": seconds, "images_per_second": seen / seconds}
+        if not math.isfinite(row["test_loss"]):
+            raise NonFiniteLossError(epoch, "test", row["test_loss"])
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+
+
 def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
         start_epoch=0, on_epoch=None, progress=True, kl_weight=None):
     """Train ``vae`` with ``loss`` (a Pyro ELBO) for epochs ``start_epoch + 1 .. epochs``.
@@ -80,46 +134,50 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
 
     Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it.
     """
-    history, validate = [], True
-    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
-    for epoch in range(start_epoch + 1, epochs + 1):
-        vae.train()
-        if kl_weight is not None:
-            vae.kl_scale = kl_weight(epoch)
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        bar = tqdm(
-            batches(x_train, batch_size, binarize=binarize, generator=generator),
-            total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress,
-            leave=False, unit="batch",
-        )
-        for step, xb in enumerate(bar, 1):
-            # Pyro's checks (shapes, supports, model/guide match) run on the first step of a
-            # call; after that they cost ~10% of a small MLP's step and find nothing new.
-            with pyro.validation_enabled(validate):
-                batch_loss = loss.differentiable_loss(vae.model, vae.guide, xb)  # -ELBO, summed
-            validate = False
-            value = batch_loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch, step, value)
-            optimizer.zero_grad(set_to_none=True)
-            (batch_loss / xb.shape[0]).backward()
-            optimizer.step()
-            total += value
-            seen += xb.shape[0]
-            if step % 10 == 0 or step == steps_per_epoch:
-                bar.set_postfix(loss=f"{total / seen:.2f}")
-        seconds = time.perf_counter() - t0
-        vae.eval()
-        vae.kl_scale = 1.0
-        test_loss = evaluate_loss(vae, loss, x_test)
-        row = {"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss,
-               "kl_weight": 1.0 if kl_weight is None else kl_weight(epoch),
-               "seconds": seconds, "images_per_second": seen / seconds}
-        if not math.isfinite(test_loss):
-            raise NonFiniteLossError(epoch, "test", test_loss)
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-    return history
+    kl_weight = kl_weight or kl_schedule()
 
+    def begin_epoch(epoch):
+        vae.kl_scale = kl_weight(epoch)
+        return {"kl_weight": vae.kl_scale}
+
+    def batch_loss(xb, first):
+        # Pyro's checks (shapes, supports, model/guide match) run on the first step of a
+        # call; after that they cost ~10% of a small MLP's step and find nothing new.
+        with pyro.validation_enabled(first):
+            return loss.differentiable_loss(vae.model, vae.guide, xb)  # -ELBO, summed
+
+    def test_loss():
+        vae.kl_scale = 1.0
+        return evaluate_loss(vae, loss, x_test)
+
+    return _run_epochs(vae, optimizer, batch_loss, test_loss, x_train, epochs=epochs,
+                       batch_size=batch_size, binarize=binarize, generator=generator,
+                       start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
+                       begin_epoch=begin_epoch)
+
+
+# The DAE's test loss uses noise from this seed, the same pixels every epoch and every run.
+_TEST_NOISE_SEED = 4321
+
+
+@torch.no_grad()
+def evaluate_autoencoder(ae, x, batch_size=1000):
+    """Mean training objective per image over ``x``: reconstruction loss of clean inputs for an
+    AE; for a DAE, of inputs corrupted with a fixed seed (so epochs are comparable)."""
+    generator = torch.Generator(device=x.device).manual_seed(_TEST_NOISE_SEED)
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        total += ae.training_loss(x[start : start + batch_size], generator).item()
+    return total / x.shape[0]
+
+
+def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
+                    start_epoch=0, on_epoch=None, progress=True):
+    """Train an :class:`~pyro_vae.autoencoders.Autoencoder` (or DAE) by minibatch gradient
+    descent on its reconstruction loss, with the batches, rows and errors of :func:`fit`;
+    a DAE's noise is drawn from ``generator`` for every batch."""
+    return _run_epochs(
+        ae, optimizer, lambda xb, first: ae.training_loss(xb, generator),
+        lambda: evaluate_autoencoder(ae, x_test), x_train, epochs=epochs, batch_size=batch_size,
+        binarize=binarize, generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
+        progress=progress)

@@ -15,21 +15,19 @@ import os
 import sys
 from dataclasses import dataclass
 
-import pyro
 import torch
-from tqdm.auto import tqdm
 
+from _cli import (Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
+                  check_choice, check_common, check_positive, config_from_args, run_main, start)
 from pyro_vae.build import VAE_OPTIONS, build_vae
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pyro_vae.data import BINARIZATIONS, DATASETS, DataError, load_dataset
+from pyro_vae.data import load_dataset
 from pyro_vae.encoders import ENCODERS
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
 from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.nets import NETS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import RunError, prepare_run_dir, resolve_device, write_json, write_metrics
-from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
+from pyro_vae.runs import Recorder, resolve_device, write_json
+from pyro_vae.train import ELBOS, fit, kl_schedule, make_elbo
 
 PROG = "train_svi.py"
 
@@ -68,16 +66,9 @@ def build_parser():
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)} (default: %(default)s)")
-    g.add_argument("--data-root", default=d.data_root, help="folder of torchvision datasets (default: %(default)s)")
-    g.add_argument("--no-download", dest="download", action="store_false",
-                   help="never try the network; use what is under --data-root or the offline subset")
-    g.add_argument("--binarize", default=d.binarize, help=f"one of {', '.join(BINARIZATIONS)} (default: %(default)s)")
+    add_data_args(p, d)
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default=d.arch, help=f"networks: {', '.join(NETS)} (default: %(default)s)")
-    g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="size of z (default: %(default)s)")
-    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="hidden width (default: %(default)s)")
+    add_net_args(g, d)
     g.add_argument("--prior", default=d.prior, help=f"p(z): {', '.join(PRIORS)} (default: %(default)s)")
     g.add_argument("--likelihood", default=d.likelihood, help=f"p(x|z): {', '.join(LIKELIHOODS)} (default: %(default)s)")
     g.add_argument("--posterior", default=d.posterior, help=f"q(z|x): {', '.join(ENCODERS)} (default: %(default)s)")
@@ -87,57 +78,27 @@ def build_parser():
     g.add_argument("--beta", type=float, default=d.beta, help="KL weight, beta-VAE (default: %(default)s)")
     g.add_argument("--kl-warmup", type=int, default=d.kl_warmup,
                    help="epochs of linear KL warm-up from 0 to --beta (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
-    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
-    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
-    g = p.add_argument_group("output and evaluation")
-    g.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
-    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR up to --epochs")
+    add_training_args(g, d)
+    g = add_output_args(p, d)
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="importance samples per test image for log p(x) (default: %(default)s)")
     g.add_argument("--eval-images", type=int, default=d.eval_images,
                    help="test images in the final log p(x) estimate (default: %(default)s)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def check_config(cfg):
     """Raise ValueError with a one-line message for settings no run can use."""
-    for name, registry in (("dataset", DATASETS), ("binarize", BINARIZATIONS), ("arch", NETS),
-                           ("prior", PRIORS), ("likelihood", LIKELIHOODS),
+    check_common(cfg)
+    for name, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS),
                            ("posterior", ENCODERS), ("elbo", ELBOS)):
-        value = getattr(cfg, name)
-        if value not in registry:
-            raise ValueError(f"unknown --{name} {value!r}; choose one of: {', '.join(registry)}")
-    for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "num_particles",
-                 "eval_samples", "eval_images"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
-                             f"got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise ValueError(f"--lr must be positive, got {cfg.lr}")
+        check_choice(getattr(cfg, name), registry, name)
+    check_positive(cfg, ("num_particles", "eval_samples", "eval_images"))
     if not cfg.beta > 0:
         raise ValueError(f"--beta must be positive, got {cfg.beta}")
     if cfg.kl_warmup < 0:
         raise ValueError(f"--kl-warmup must be zero or a positive number of epochs, "
                          f"got {cfg.kl_warmup}")
-
-
-def rng_state(generator):
-    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state, generator):
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def write_figures(vae, data, history, out):
@@ -152,8 +113,9 @@ def write_figures(vae, data, history, out):
                  "Posterior means E[z|x] of test images")
 
 
-def run(cfg, resume_state=None, progress=True):
-    """Train (or continue) the run described by ``cfg``; returns the summary dict."""
+def run(cfg, resume_state=None, progress=True, overwrite=False):
+    """Train (or continue) the run described by ``cfg``; returns the summary dict. The data and
+    the model are checked before the run directory is touched."""
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
@@ -162,40 +124,26 @@ def run(cfg, resume_state=None, progress=True):
     vae.likelihood.check_data(data.x_test, "test set")
     if cfg.binarize != "dynamic":
         vae.likelihood.check_data(data.x_train, "training set")
+    start(cfg, resume=resume_state is not None, overwrite=overwrite)
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    history, start_epoch, best = [], 0, float("inf")
-    if resume_state is not None:
-        vae.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        set_rng_state(resume_state["rng"], generator)
-        history = list(resume_state["history"])
-        start_epoch = resume_state["epoch"]
-        best = min((row["test_loss"] for row in history), default=best)
+    recorder = Recorder(cfg.out, vae, optimizer, dataclasses.asdict(cfg), generator,
+                        epochs=cfg.epochs, loss_label="-ELBO")
+    start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
     write_json(dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
-
-    def on_epoch(row):
-        nonlocal best
-        history.append(row)
-        write_metrics(history, cfg.out)
-        state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                 "config": dataclasses.asdict(cfg), "epoch": row["epoch"],
-                 "rng": rng_state(generator), "history": history}
-        save_checkpoint(state, os.path.join(cfg.out, "checkpoint_last.pt"))
-        if row["test_loss"] < best:
-            best = row["test_loss"]
-            save_checkpoint(state, os.path.join(cfg.out, "checkpoint_best.pt"))
-        tqdm.write(f"epoch {row['epoch']:4d}/{cfg.epochs}  train -ELBO {row['train_loss']:8.2f}  "
-                   f"test -ELBO {row['test_loss']:8.2f}  ({row['images_per_second']:.0f} images/s)")
 
     print(f"[{PROG}] {data.source}: {len(data.x_train)} train / {len(data.x_test)} test images, "
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
-    fit(vae, loss, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
-        start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
-        kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup))
+    try:
+        fit(vae, loss, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
+            start_epoch=start_epoch, on_epoch=recorder, progress=progress,
+            kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup))
+    except KeyboardInterrupt:
+        raise Interrupted(recorder.save_interrupted(), recorder.last_epoch) from None
+    history = recorder.history
 
     vae.eval()
     x_eval = data.x_test[: cfg.eval_images]
@@ -219,30 +167,13 @@ def run(cfg, resume_state=None, progress=True):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        resume_state = None
-        if args.resume:
-            resume_state = load_checkpoint(os.path.join(args.resume, "checkpoint_last.pt"))
-            saved = dict(resume_state["config"])
-            saved.update(epochs=args.epochs, out=args.resume, device=args.device)
-            cfg = Config(**saved)
-            if cfg.epochs <= resume_state["epoch"]:
-                raise ValueError(f"{args.resume} has already run {resume_state['epoch']} epochs; "
-                                 "pass a larger --epochs to continue it")
-        else:
-            cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+
+    def body():
+        cfg, resume_state = config_from_args(Config, args, ("vae",), PROG)
         check_config(cfg)
-        if not args.resume:
-            prepare_run_dir(cfg.out, overwrite=args.overwrite)
-        pyro.set_rng_seed(cfg.seed)
-        run(cfg, resume_state, progress=not args.quiet)
-    except (DataError, RunError, CheckpointError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"{PROG}: error: {e}; the last good checkpoint is in {cfg.out}", file=sys.stderr)
-        return 1
-    return 0
+        run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

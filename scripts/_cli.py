@@ -1,0 +1,141 @@
+"""What the training scripts share: common flags and their checks, --resume, and the error policy.
+
+The policy of every script's ``main``: a user mistake (bad flag, bad data, unusable checkpoint or
+run directory) prints one line ``<prog>: error: <what is wrong and what to do>`` and exits 2; a
+run that fails (a non-finite loss) exits 1 after saying where its last good checkpoint is;
+Ctrl-C saves the weights, says how to resume, and exits 130. No traceback for any of them.
+"""
+
+import dataclasses
+import os
+import sys
+
+import pyro
+
+from pyro_vae.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.data import BINARIZATIONS, DATASETS, DataError, is_dataset_file
+from pyro_vae.nets import NETS
+from pyro_vae.runs import RunError, prepare_run_dir
+from pyro_vae.train import NonFiniteLossError
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, after the weights were saved to ``path``."""
+
+    def __init__(self, path, epoch):
+        self.path, self.epoch = path, epoch
+
+
+def add_data_args(p, d):
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset,
+                   help=f"{', '.join(DATASETS)}, or the path of an .npz file with x_train, x_test "
+                   "(N, H, W) or (N, C, H, W), uint8 or floats in [0, 1], optional y_train, "
+                   "y_test (default: %(default)s)")
+    g.add_argument("--data-root", default=d.data_root,
+                   help="folder of the IDX files: root/MNIST/raw, root/FashionMNIST/raw "
+                   "(default: %(default)s)")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="never try the network; use what is under --data-root or the offline subset")
+    g.add_argument("--binarize", default=d.binarize,
+                   help=f"one of {', '.join(BINARIZATIONS)} (default: %(default)s)")
+
+
+def add_net_args(g, d):
+    g.add_argument("--arch", default=d.arch, help=f"networks: {', '.join(NETS)} (default: %(default)s)")
+    g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="size of z (default: %(default)s)")
+    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="hidden width (default: %(default)s)")
+
+
+def add_training_args(g, d):
+    g.add_argument("--epochs", type=int, default=d.epochs,
+                   help="passes over the training set; with --resume, the new total (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
+    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
+
+
+def add_output_args(p, d):
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR up to --epochs; its other settings come from "
+                   "its checkpoint")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return g
+
+
+def check_choice(value, registry, flag):
+    if value not in registry:
+        raise ValueError(f"unknown --{flag} {value!r}; choose one of: {', '.join(registry)}")
+
+
+def check_positive(cfg, names):
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def check_common(cfg):
+    """The checks every training config needs: names, sizes, learning rate."""
+    if not is_dataset_file(cfg.dataset):
+        check_choice(cfg.dataset, DATASETS, "dataset")
+    check_choice(cfg.binarize, BINARIZATIONS, "binarize")
+    check_choice(cfg.arch, NETS, "arch")
+    check_positive(cfg, ("epochs", "batch_size", "latent_dim", "hidden_dim"))
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be positive, got {cfg.lr}")
+
+
+def config_from_args(config_cls, args, model, script):
+    """The run's config and, with ``--resume``, its checkpoint state. A resumed run keeps its
+    saved settings except ``epochs``, ``device`` and where its data are read from."""
+    if not args.resume:
+        cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+        return cfg, None
+    state = load_checkpoint(os.path.join(args.resume, "checkpoint_last.pt"))
+    saved = dict(state["config"])
+    if saved.get("model", "vae") not in model:
+        raise CheckpointError(f"{args.resume} holds a run of {saved.get('model', 'vae')!r}; "
+                              f"resume it with the script that made it, not {script}")
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    saved = {k: v for k, v in saved.items() if k in names}
+    saved.update(epochs=args.epochs, out=args.resume, device=args.device,
+                 data_root=args.data_root, download=args.download)
+    cfg = config_cls(**saved)
+    if cfg.epochs <= state["epoch"]:
+        raise ValueError(f"{args.resume} has already run {state['epoch']} epochs; pass a larger "
+                         "--epochs to continue it")
+    return cfg, state
+
+
+def start(cfg, resume, overwrite):
+    """Claim the run directory (refusing a finished run without --overwrite) and seed; called
+    once the data and the model have passed their checks, so a refused run leaves no folder."""
+    if not resume:
+        prepare_run_dir(cfg.out, overwrite=overwrite)
+    pyro.set_rng_seed(cfg.seed)
+
+
+def run_main(prog, body):
+    """Call ``body()`` under the error policy above; returns the exit code."""
+    try:
+        body()
+    except (DataError, RunError, CheckpointError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"{prog}: error: {e}; the last good checkpoint is kept in the run directory",
+              file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"{prog}: interrupted: the weights are saved in {e.path}; checkpoint_last.pt holds "
+              f"epoch {e.epoch}, continue with --resume {os.path.dirname(e.path)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
+    return 0

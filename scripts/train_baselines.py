@@ -1,0 +1,190 @@
+"""Train a deterministic (ae) or denoising (dae) autoencoder on the VAE's networks; write a run directory.
+
+    python scripts/train_baselines.py --model ae                        # runs/ae
+    python scripts/train_baselines.py --model dae --noise salt-pepper --noise-level 0.3
+    python scripts/train_baselines.py --model ae --arch conv --epochs 20 --out runs/conv-ae
+
+The flags shared with train_svi.py mean the same there and here (data, networks, epochs, batch
+size, learning rate, seed, run directory, --resume). The run directory receives config.json,
+metrics.csv / metrics.json, checkpoint_last.pt / checkpoint_best.pt, summary.json (test
+reconstruction error; for a DAE, PSNR of noisy and denoised test images) and PNG figures: loss
+curves, reconstructions, decoded random codes z ~ N(0, I), the latent space, and for a DAE noisy /
+clean / denoised test images.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from _cli import (Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
+                  check_choice, check_common, config_from_args, run_main, start)
+from pyro_vae.autoencoders import LOSSES
+from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
+from pyro_vae.data import load_dataset
+from pyro_vae.noise import NOISES, make_noise, psnr
+from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
+from pyro_vae.runs import Recorder, resolve_device, write_json
+from pyro_vae.train import fit_autoencoder
+
+PROG = "train_baselines.py"
+MODELS = ("ae", "dae")
+
+
+@dataclass
+class Config:
+    model: str = "ae"  # ae (deterministic) | dae (denoising)
+    dataset: str = "mnist"  # a name from pyro_vae.data.DATASETS, or an .npz path
+    data_root: str = "data"  # folder of the IDX files (root/MNIST/raw, ...)
+    download: bool = True  # try to download the dataset when it is not under data_root
+    binarize: str = "dynamic"  # dynamic | static | none, as for the VAE
+    arch: str = "mlp"  # encoder/decoder networks, from pyro_vae.nets.NETS
+    latent_dim: int = 50  # size of the code z
+    hidden_dim: int = 400  # width of the hidden layer(s)
+    loss: str = "auto"  # bce | mse; auto: bce for binarized data, mse for grey levels
+    noise: str = "gaussian"  # the DAE's corruption, from pyro_vae.noise.NOISES
+    noise_level: float = 0.5  # sigma for gaussian, p for salt-pepper and mask
+    epochs: int = 100  # passes over the training set
+    batch_size: int = 100  # images per step
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0  # seeds torch and the minibatch/noise stream
+    device: str = "auto"  # auto | cpu | cuda
+    out: str = ""  # the run directory; empty: runs/<model>
+
+
+def build_parser():
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_args(p, d)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="ae (deterministic) or dae (denoising) "
+                   "(default: %(default)s)")
+    add_net_args(g, d)
+    g.add_argument("--loss", default=d.loss, help="reconstruction loss: bce (cross-entropy, "
+                   "binary data), mse (squared error), or auto: bce unless --binarize none "
+                   "(default: %(default)s)")
+    g.add_argument("--noise", default=d.noise, help=f"the DAE's corruption: {', '.join(NOISES)} "
+                   "(default: %(default)s)")
+    g.add_argument("--noise-level", type=float, default=d.noise_level,
+                   help="sigma for gaussian, pixel probability for salt-pepper and mask "
+                   "(default: %(default)s)")
+    g = p.add_argument_group("training")
+    add_training_args(g, d)
+    add_output_args(p, d)
+    return p
+
+
+def check_config(cfg):
+    check_choice(cfg.model, MODELS, "model")
+    check_common(cfg)
+    check_choice(cfg.loss, (*LOSSES, "auto"), "loss")
+    check_choice(cfg.noise, NOISES, "noise")
+    try:
+        make_noise(cfg.noise, cfg.noise_level)
+    except ValueError as e:
+        raise ValueError(f"--noise-level: {e}") from None
+    if cfg.loss == "auto":
+        cfg.loss = "mse" if cfg.binarize == "none" else "bce"
+    cfg.out = cfg.out or os.path.join("runs", cfg.model)
+
+
+def write_figures(ae, data, history, cfg, device):
+    out = cfg.out
+    plot_curves(history, os.path.join(out, "loss_curves.png"),
+                ylabel=f"{cfg.loss} per image", title=f"{cfg.model.upper()} training curves")
+    x = data.x_test[:10]
+    plot_image_rows([x, ae.reconstruct(x)], ["test image", "reconstruction"],
+                    os.path.join(out, "reconstructions.png"), "Test images and reconstructions")
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = torch.randn(100, ae.latent_dim, generator=gen, device=device)
+    plot_image_grid(ae.decode(z), os.path.join(out, "random_samples.png"),
+                    "Decoder outputs at random codes z ~ N(0, I)")
+    codes = torch.cat([ae.encode(xb) for xb in data.x_test.split(1000)])
+    plot_latents(codes, data.y_test, os.path.join(out, "latent_space.png"), "Codes of test images")
+    if ae.noise is not None:
+        noisy = ae.noise(x, gen)
+        plot_image_rows([noisy, x, ae.reconstruct(noisy)], ["noisy", "clean", "denoised"],
+                        os.path.join(out, "denoising.png"), f"Denoising, {ae.noise!r}")
+
+
+@torch.no_grad()
+def summarize(ae, data, cfg, device):
+    """Test reconstruction error of clean images; for a DAE, PSNR before and after denoising."""
+    x = data.x_test
+    rec = torch.cat([ae.reconstruct(xb) for xb in x.split(1000)])
+    losses = torch.cat([ae.reconstruction_loss(xb, xb) for xb in x.split(1000)])
+    summary = {"test_reconstruction_loss": float(losses.mean()), "loss": cfg.loss,
+               "test_mse_per_pixel": float((rec - x).square().mean()),
+               "test_psnr_clean": float(psnr(rec, x).mean()), "dataset_source": data.source}
+    if ae.noise is not None:
+        noisy = ae.noise(x, torch.Generator(device=device).manual_seed(1))
+        denoised = torch.cat([ae.reconstruct(xb) for xb in noisy.split(1000)])
+        summary.update(noise=repr(ae.noise), test_psnr_noisy=float(psnr(noisy, x).mean()),
+                       test_psnr_denoised=float(psnr(denoised, x).mean()))
+    return summary
+
+
+def run(cfg, resume_state=None, progress=True, overwrite=False):
+    """Train (or continue) the run described by ``cfg``; returns the summary dict."""
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
+                        binarize=cfg.binarize, device=device)
+    if cfg.loss == "bce" and cfg.binarize == "none" and not bool(((data.x_test == 0) | (data.x_test == 1)).all()):
+        raise ValueError("--loss bce with --binarize none needs binary pixels, and these are grey "
+                         "levels; use --binarize dynamic or static, or --loss mse")
+    options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
+    ae = build_autoencoder(data.image_shape, **options).to(device)
+    start(cfg, resume=resume_state is not None, overwrite=overwrite)
+
+    optimizer = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    recorder = Recorder(cfg.out, ae, optimizer, dataclasses.asdict(cfg), generator,
+                        epochs=cfg.epochs, loss_label=cfg.loss)
+    start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
+    write_json(dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
+    what = f"{cfg.model.upper()}" + (f" with {ae.noise!r}" if ae.noise is not None else "")
+    print(f"[{PROG}] {what}; {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
+          f"images, device {device}, {sum(p.numel() for p in ae.parameters()):,} parameters")
+    try:
+        fit_autoencoder(ae, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
+                        start_epoch=start_epoch, on_epoch=recorder, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(recorder.save_interrupted(), recorder.last_epoch) from None
+
+    ae.eval()
+    summary = summarize(ae, data, cfg, device)
+    summary["epochs"] = len(recorder.history)
+    write_json(summary, os.path.join(cfg.out, "summary.json"))
+    write_figures(ae, data, recorder.history, cfg, device)
+    line = (f"[{PROG}] test reconstruction {cfg.loss} {summary['test_reconstruction_loss']:.2f} "
+            f"per image, PSNR {summary['test_psnr_clean']:.1f} dB")
+    if ae.noise is not None:
+        line += (f"; denoising {summary['test_psnr_noisy']:.1f} dB (noisy) -> "
+                 f"{summary['test_psnr_denoised']:.1f} dB")
+    print(line)
+    print(f"[{PROG}] wrote {cfg.out}/")
+    return summary
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    def body():
+        cfg, resume_state = config_from_args(Config, args, MODELS, PROG)
+        check_config(cfg)
+        run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
+
+    return run_main(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
