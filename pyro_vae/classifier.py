@@ -109,7 +109,8 @@ def score_samples(classifier, images, real_images, batch_size=1000):
     real_feats, _ = run(real_images)
     counts = torch.bincount(probs.argmax(-1), minlength=probs.shape[-1])
     freq = counts.double() / counts.sum()
-    entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum()
+    freq = freq[freq > 0]
+    entropy = (freq * freq.reciprocal().log()).sum()  # sum_c f_c log(1 / f_c) >= 0
     return SampleScores(
         confidence=float(probs.max(-1).values.mean()),
         class_entropy=float(entropy),

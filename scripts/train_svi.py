@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from _cli import (Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-                  check_choice, check_common, check_positive, config_from_args, run_main, start)
+                  check_choice, check_common, check_positive, claim_run_dir, config_from_args,
+                  run_main, start)
 from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.data import load_dataset
 from pyro_vae.encoders import ENCODERS
@@ -124,7 +125,7 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     vae.likelihood.check_data(data.x_test, "test set")
     if cfg.binarize != "dynamic":
         vae.likelihood.check_data(data.x_train, "training set")
-    start(cfg, resume=resume_state is not None, overwrite=overwrite)
+    claim_run_dir(cfg, resume=resume_state is not None, overwrite=overwrite)
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
@@ -171,6 +172,7 @@ def main(argv=None):
     def body():
         cfg, resume_state = config_from_args(Config, args, ("vae",), PROG)
         check_config(cfg)
+        start(cfg, args)
         run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
 
     return run_main(PROG, body)

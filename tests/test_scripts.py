@@ -18,7 +18,17 @@ SVI_OUTPUTS = ["config.json", "metrics.csv", "metrics.json", "summary.json", "ch
                "checkpoint_best.pt", "elbo_curves.png", "reconstructions.png",
                "prior_samples.png", "latent_space.png"]
 
-TESTED_SCRIPTS = {"train_svi.py", "evaluate.py"}
+TINY_AE = ["--no-download", "--epochs", "2", "--batch-size", "200", "--latent-dim", "4",
+           "--hidden-dim", "32", "--quiet"]
+
+AE_OUTPUTS = ["config.json", "metrics.csv", "metrics.json", "summary.json", "checkpoint_last.pt",
+              "checkpoint_best.pt", "loss_curves.png", "reconstructions.png",
+              "random_samples.png", "latent_space.png"]
+
+REPORT_OUTPUTS = ["report.md", "comparison.json", "reconstructions.png", "denoising.png",
+                  "denoising_psnr.png", "samples.png", "interpolations.png"]
+
+TESTED_SCRIPTS = {"train_svi.py", "evaluate.py", "train_baselines.py", "compare.py"}
 
 
 def test_every_script_is_tested():
@@ -156,3 +166,96 @@ def test_train_svi_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     b = json.loads((stopped / "metrics.json").read_text())
     key = lambda rows: [(r["epoch"], r["train_loss"], r["test_loss"]) for r in rows]  # noqa
     assert key(a) == key(b) and len(a) == 3
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(tmp_path_factory):
+    """An AE and a DAE with the networks of ``svi_run`` (conv, latent 4, hidden 32)."""
+    tmp = tmp_path_factory.mktemp("baselines")
+    runs = {}
+    for model in ("ae", "dae"):
+        runs[model] = tmp / model
+        proc = run_script("train_baselines.py", *TINY_AE, "--model", model, "--arch", "conv",
+                          "--data-root", tmp / "data", "--out", runs[model],
+                          "--noise", "mask", "--noise-level", "0.3")
+        assert proc.returncode == 0, proc.stderr
+        runs[model + "_stdout"] = proc.stdout
+    return runs
+
+
+@pytest.mark.parametrize("model", ["ae", "dae"])
+def test_train_baselines_writes_every_output(baseline_runs, model):
+    out = baseline_runs[model]
+    expected = AE_OUTPUTS + (["denoising.png"] if model == "dae" else [])
+    for name in expected:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "denoising.png").exists() == (model == "dae")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"], config["arch"], config["loss"]) == (model, "conv", "bce")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics] == [1, 2]
+    assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["test_reconstruction_loss"] < 784 * 0.7  # below the constant-0.5 guess
+    if model == "dae":
+        assert summary["noise"] == "MaskingNoise(p=0.3)"
+        assert summary["test_psnr_noisy"] > 0 and summary["test_psnr_denoised"] > 0
+        assert "denoising" in baseline_runs["dae_stdout"]
+    state = load_checkpoint(str(out / "checkpoint_last.pt"))
+    from pyro_vae.build import autoencoder_from_checkpoint
+
+    ae = autoencoder_from_checkpoint(state, (1, 28, 28))
+    assert (ae.noise is not None) == (model == "dae")
+
+
+def test_compare_loads_runs_trains_the_missing_one_and_writes_the_report(svi_run, baseline_runs,
+                                                                         tmp_path):
+    out = tmp_path / "report"
+    proc = run_script("compare.py", "--vae", svi_run[0], "--ae", baseline_runs["ae"],
+                      "--no-download", "--data-root", tmp_path / "data", "--arch", "conv",
+                      "--latent-dim", "4", "--hidden-dim", "32", "--epochs", "1",
+                      "--batch-size", "200", "--classifier-epochs", "1", "--quiet",
+                      "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    for name in REPORT_OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "dae" / "checkpoint_last.pt").is_file()  # the DAE was trained here
+    assert not (out / "vae").exists() and not (out / "ae").exists()  # the others were loaded
+    result = json.loads((out / "comparison.json").read_text())
+    assert set(result["reconstruction"]) == {"ae", "dae", "vae"}
+    assert set(result["denoising"]) == {"gaussian", "salt-pepper", "mask"}
+    for noise, methods in result["denoising"].items():
+        assert set(methods) == {"noisy input", "AE", "DAE", "VAE"}
+        noisy = [p for _, p in methods["noisy input"]]
+        assert noisy == sorted(noisy, reverse=True), noise  # more noise, lower PSNR
+    gen = result["generation"]
+    assert list(gen) == ["real digits (held out)", "AE, z ~ N(0, I)",
+                         "AE, z ~ Gaussian fitted to codes", "DAE, z ~ N(0, I)",
+                         "DAE, z ~ Gaussian fitted to codes", "VAE, z ~ p(z)"]
+    for scores in gen.values():
+        assert 0.1 <= scores["confidence"] <= 1 and 0 <= scores["class_entropy"] <= 2.303
+        assert scores["frechet"] >= 0 and sum(scores["class_counts"]) == 500
+    report = (out / "report.md").read_text()
+    for name in REPORT_OUTPUTS[2:]:
+        assert f"({name})" in report, name
+    assert "| VAE, z ~ p(z) |" in report
+
+
+def test_compare_refuses_runs_of_different_sizes_or_kinds(svi_run, baseline_runs, tmp_path):
+    other = tmp_path / "ae"
+    assert run_script("train_baselines.py", *TINY_AE, "--latent-dim", "3", "--arch", "conv",
+                      "--data-root", tmp_path / "data", "--epochs", "1",
+                      "--out", other).returncode == 0
+    common = ["--vae", svi_run[0], "--out", tmp_path / "report", "--no-download"]
+    for args, message in [
+        (["--ae", other, "--dae", baseline_runs["dae"]],
+         "the runs differ in --latent-dim (ae 3, dae 4, vae 4)"),
+        (["--ae", baseline_runs["ae"], "--dae", baseline_runs["ae"]],
+         "holds a run of model 'ae', not 'dae'"),
+    ]:
+        proc = run_script("compare.py", *common, *args)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("compare.py: error: ")
+        assert message in lines[0]
+    assert not (tmp_path / "report").exists()

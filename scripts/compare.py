@@ -1,0 +1,339 @@
+"""Compare an AE, a DAE and a VAE of equal size on the same data; write a Markdown report with figures.
+
+    python scripts/compare.py                                  # trains all three, ~6 minutes
+    python scripts/compare.py --vae runs/svi --ae runs/ae --dae runs/dae   # loads trained runs
+    python scripts/compare.py --epochs 20 --arch conv --out runs/compare-conv
+
+Models not given as run directories are trained here with train_svi.py / train_baselines.py and
+the flags below (their run directories go under --out). The report (--out/report.md) measures:
+reconstruction of test images; denoising PSNR for each noise model at several levels; digits
+generated from random codes (AE and DAE: z ~ N(0, I) and z from a Gaussian fitted to the training
+codes; VAE: z ~ p(z)), scored by a small digit classifier trained here (confidence, class entropy,
+Frechet distance to held-out digits); and interpolations between test images in each latent space.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+import train_baselines
+import train_svi
+from _cli import add_data_args, add_net_args, add_training_args, check_common, run_main
+from pyro_vae.autoencoders import fit_code_distribution
+from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.classifier import score_samples, train_classifier
+from pyro_vae.data import load_dataset
+from pyro_vae.noise import make_noise, psnr
+from pyro_vae.plots import plot_image_rows, plot_psnr
+from pyro_vae.runs import RunError, prepare_run_dir, resolve_device, write_json
+
+PROG = "compare.py"
+MODELS = ("ae", "dae", "vae")
+# noise model -> levels at which denoising is measured
+NOISE_LEVELS = {"gaussian": (0.25, 0.5, 0.75), "salt-pepper": (0.1, 0.2, 0.4),
+                "mask": (0.25, 0.5, 0.75)}
+# settings a loaded run must share with the others for the comparison to be fair
+SHARED = ("dataset", "binarize", "arch", "latent_dim", "hidden_dim")
+
+
+@dataclass
+class Config:
+    ae: str = ""  # run directory of a trained AE; empty: train one
+    dae: str = ""  # run directory of a trained DAE; empty: train one
+    vae: str = ""  # run directory of a trained VAE; empty: train one
+    dataset: str = "mnist"  # data for models trained here (loaded runs bring their own)
+    data_root: str = "data"
+    download: bool = True
+    binarize: str = "dynamic"
+    arch: str = "mlp"
+    latent_dim: int = 50
+    hidden_dim: int = 400
+    noise: str = "gaussian"  # the DAE's training noise, when trained here
+    noise_level: float = 0.5
+    epochs: int = 100  # for each model trained here
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    classifier_epochs: int = 3  # epochs of the digit classifier that scores generated images
+    out: str = "runs/compare"  # report.md, comparison.json, PNGs, and the runs trained here
+
+
+def build_parser():
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("trained runs to load (each optional)")
+    for m in MODELS:
+        g.add_argument(f"--{m}", default="", metavar="RUN_DIR", help=f"a {m.upper()} run directory")
+    add_data_args(p, d)
+    g = p.add_argument_group("models trained here")
+    add_net_args(g, d)
+    g.add_argument("--noise", default=d.noise, help="the DAE's training noise (default: %(default)s)")
+    g.add_argument("--noise-level", type=float, default=d.noise_level, help="default: %(default)s")
+    add_training_args(g, d)
+    g = p.add_argument_group("report")
+    g.add_argument("--classifier-epochs", type=int, default=d.classifier_epochs,
+                   help="training epochs of the scoring classifier (default: %(default)s)")
+    g.add_argument("--out", default=d.out, help="report directory (default: %(default)s)")
+    g.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def train_missing(cfg, args):
+    """Train each model that no run directory was given for; returns {model: run_dir}."""
+    shared = ["--dataset", cfg.dataset, "--data-root", cfg.data_root, "--binarize", cfg.binarize,
+              "--arch", cfg.arch, "--latent-dim", cfg.latent_dim, "--hidden-dim", cfg.hidden_dim,
+              "--epochs", cfg.epochs, "--batch-size", cfg.batch_size, "--lr", cfg.lr,
+              "--seed", cfg.seed, "--device", cfg.device]
+    shared += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
+    shared += [] if cfg.download else ["--no-download"]
+    runs = {}
+    for m in MODELS:
+        if getattr(cfg, m):
+            runs[m] = getattr(cfg, m)
+            continue
+        runs[m] = os.path.join(cfg.out, m)
+        print(f"[{PROG}] training the {m.upper()} into {runs[m]}", flush=True)
+        if m == "vae":
+            argv = [*shared, "--out", runs[m], "--eval-samples", 100]
+            code = train_svi.main(list(map(str, argv)))
+        else:
+            argv = [*shared, "--model", m, "--noise", cfg.noise, "--noise-level",
+                    cfg.noise_level, "--out", runs[m]]
+            code = train_baselines.main(list(map(str, argv)))
+        if code:
+            raise SystemExit(code)  # the training script has said what went wrong
+    return runs
+
+
+def load_runs(runs, device):
+    """Models, their configs and the data they were trained on; refuses runs that differ in
+    data or network size."""
+    states = {}
+    for m, folder in runs.items():
+        path = os.path.join(folder, "checkpoint_best.pt")
+        if not os.path.exists(path):
+            path = os.path.join(folder, "checkpoint_last.pt")
+        states[m] = load_checkpoint(path)
+        kind = states[m]["config"].get("model", "vae")
+        if kind != m:
+            raise RunError(f"--{m} {folder} holds a run of model {kind!r}, not {m!r}; pass the "
+                           "run directory of each model to its own flag")
+    configs = {m: s["config"] for m, s in states.items()}
+    for key in SHARED:
+        values = {m: c.get(key) for m, c in configs.items()}
+        if len(set(map(str, values.values()))) > 1:
+            listed = ", ".join(f"{m} {v}" for m, v in values.items())
+            raise RunError(f"the runs differ in --{key.replace('_', '-')} ({listed}); compare "
+                           "models trained on the same data with networks of the same size")
+    c = configs["vae"]
+    data = load_dataset(c["dataset"], c["data_root"], download=c["download"],
+                        binarize=c["binarize"], device=device)
+    grey = load_dataset(c["dataset"], c["data_root"], download=c["download"],
+                        binarize="none", device=device)
+    if bool((grey.y_train < 0).any()):
+        raise RunError(f"{c['dataset']} has no labels (y_train); the scoring classifier needs them")
+    models = {m: (vae_from_checkpoint if m == "vae" else autoencoder_from_checkpoint)(
+        states[m], data.image_shape).to(device).eval() for m in MODELS}
+    return models, configs, data, grey
+
+
+@torch.no_grad()
+def batched(fn, x, size=1000):
+    return torch.cat([fn(xb) for xb in x.split(size)])
+
+
+@torch.no_grad()
+def reconstruction_table(models, x):
+    """Per model: mean per-image cross-entropy (nats, for binary x), MSE per pixel, PSNR."""
+    rows = {}
+    for m, model in models.items():
+        rec = batched(model.reconstruct, x)
+        p = rec.clamp(1e-6, 1 - 1e-6)
+        bce = -(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(-1)
+        rows[m] = {"bce": float(bce.mean()), "mse": float((rec - x).square().mean()),
+                   "psnr": float(psnr(rec, x).mean())}
+    return rows
+
+
+@torch.no_grad()
+def denoising_table(models, x, device):
+    """PSNR of the noisy input and of each model's reconstruction of it, per noise and level."""
+    results, examples = {}, {}
+    for i, (name, levels) in enumerate(NOISE_LEVELS.items()):
+        results[name] = {"noisy input": []} | {m.upper(): [] for m in models}
+        for level in levels:
+            gen = torch.Generator(device=device).manual_seed(100 + i)
+            noisy = make_noise(name, level)(x, gen)
+            results[name]["noisy input"].append((level, float(psnr(noisy, x).mean())))
+            outputs = {m: batched(model.reconstruct, noisy) for m, model in models.items()}
+            for m, out in outputs.items():
+                results[name][m.upper()].append((level, float(psnr(out, x).mean())))
+            if level == levels[1]:
+                examples[f"{name} {level}"] = (noisy[:8], {m: o[:8] for m, o in outputs.items()})
+    return results, examples
+
+
+@torch.no_grad()
+def generation_table(models, data, grey, classifier, device, seed, binarize):
+    """Classifier scores of decoded random codes, against held-out real digits.
+
+    The grey test set is split in two: its first half is the reference of the Frechet distance,
+    its second half is scored like a model ("real digits"), which calibrates every column."""
+    half = len(grey.x_test) // 2
+    reference, real = grey.x_test[:half], grey.x_test[half : 2 * half]
+    n = len(real)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    train = data.x_train[:5000]  # codes of (up to) 5,000 training images, as the AEs saw them
+    if binarize == "dynamic":
+        train = torch.bernoulli(train, generator=gen)
+    samples = {"real digits (held out)": real}
+    torch.manual_seed(seed)
+    for m in ("ae", "dae"):
+        ae = models[m]
+        samples[f"{m.upper()}, z ~ N(0, I)"] = ae.decode(torch.randn(n, ae.latent_dim, device=device))
+        fitted = fit_code_distribution(batched(ae.encode, train))
+        samples[f"{m.upper()}, z ~ Gaussian fitted to codes"] = ae.decode(fitted.sample((n,)))
+    samples["VAE, z ~ p(z)"] = models["vae"].generate(n)
+    scores = {name: score_samples(classifier, x, reference) for name, x in samples.items()}
+    return scores, samples
+
+
+@torch.no_grad()
+def interpolations(models, x, y, steps=9):
+    """Decoded codes along straight lines between pairs of test images of different classes."""
+    firsts = {}
+    for i, label in enumerate(y.tolist()):
+        firsts.setdefault(label, i)
+    labels = sorted(firsts)
+    pairs = [(firsts[a], firsts[b]) for a, b in zip(labels[0::2], labels[1::2])][:3]
+    t = torch.linspace(0, 1, steps, device=x.device)[:, None]
+    rows, names = [], []
+    for i, j in pairs:
+        for m, model in models.items():
+            za, zb = model.encode(x[i : i + 1]), model.encode(x[j : j + 1])
+            z = (1 - t) * za + t * zb  # (steps, latent_dim)
+            rows.append(model.decode(z))
+            names.append(f"{m.upper()} {int(y[i])}->{int(y[j])}")
+    return rows, names
+
+
+def write_report(cfg, runs, recon, accuracy, denoise, scores, out):
+    lines = ["# AE vs DAE vs VAE", "",
+             f"Models: AE `{runs['ae']}`, DAE `{runs['dae']}`, VAE `{runs['vae']}` (same data, "
+             "same encoder/decoder networks; the VAE's encoder has a second output head for the "
+             "scale). Written by `scripts/compare.py`.", "",
+             "## Reconstruction of clean test images", "",
+             "| model | cross-entropy (nats/image) | MSE per pixel | PSNR (dB) |",
+             "| --- | --- | --- | --- |"]
+    for m, r in recon.items():
+        lines.append(f"| {m.upper()} | {r['bce']:.2f} | {r['mse']:.4f} | {r['psnr']:.2f} |")
+    lines += ["", "![reconstructions](reconstructions.png)", "",
+              "## Denoising: mean PSNR (dB) against the clean test image", "",
+              "| noise | level | noisy input | AE | DAE | VAE |", "| --- | --- | --- | --- | --- | --- |"]
+    for noise, methods in denoise.items():
+        for k, (level, noisy) in enumerate(methods["noisy input"]):
+            vals = " | ".join(f"{methods[m.upper()][k][1]:.2f}" for m in MODELS)
+            lines.append(f"| {noise} | {level} | {noisy:.2f} | {vals} |")
+    lines += ["", "![PSNR against noise level](denoising_psnr.png)", "",
+              "![noisy inputs and each model's output](denoising.png)", "",
+              "## Generation from random latent vectors", "",
+              f"Scored by a digit classifier trained here on the training images (test accuracy "
+              f"{accuracy:.1%}): mean confidence max_c p(c|x), entropy of the predicted-class "
+              "histogram (log 10 = 2.30 when all classes are equally frequent), Frechet distance "
+              "of classifier features to held-out real digits (lower is closer).", "",
+              "| samples | confidence | class entropy (nats) | Frechet distance |",
+              "| --- | --- | --- | --- |"]
+    for name, s in scores.items():
+        lines.append(f"| {name} | {s.confidence:.3f} | {s.class_entropy:.3f} | {s.frechet:.2f} |")
+    lines += ["", "![decoded random codes](samples.png)", "",
+              "## Interpolations between test images", "",
+              "![latent interpolations](interpolations.png)", ""]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def run(cfg, args):
+    device = resolve_device(cfg.device)
+    if os.path.exists(os.path.join(cfg.out, "report.md")) and not args.overwrite:
+        raise RunError(f"{cfg.out} already holds a report; pass --overwrite to replace it, or "
+                       "choose another --out")
+    for m in MODELS:
+        if getattr(cfg, m) and not os.path.isdir(getattr(cfg, m)):
+            raise RunError(f"--{m} {getattr(cfg, m)} is not a directory; pass a run directory "
+                           f"written by {'train_svi.py' if m == 'vae' else 'train_baselines.py'}")
+    runs = train_missing(cfg, args)
+    models, configs, data, grey = load_runs(runs, device)
+    prepare_run_dir(cfg.out, overwrite=True)  # the checks above refused a finished report
+    out = cfg.out
+    x = data.x_test
+
+    print(f"[{PROG}] reconstruction and denoising on {len(x)} test images ...", flush=True)
+    recon = reconstruction_table(models, x)
+    rows = [x[:10]] + [batched(models[m].reconstruct, x[:10]) for m in MODELS]
+    plot_image_rows(rows, ["test image", *[m.upper() for m in MODELS]],
+                    os.path.join(out, "reconstructions.png"), "Reconstructions of test images")
+    denoise, examples = denoising_table(models, x, device)
+    plot_psnr(denoise, os.path.join(out, "denoising_psnr.png"))
+    rows, names = [], []
+    for setting, (noisy, outputs) in examples.items():
+        rows += [x[:8], noisy] + [outputs[m] for m in MODELS]
+        names += ["clean", setting] + [m.upper() for m in MODELS]
+    plot_image_rows(rows, names, os.path.join(out, "denoising.png"),
+                    "Clean, noisy, and each model's output")
+
+    print(f"[{PROG}] training the scoring classifier ({cfg.classifier_epochs} epochs) ...",
+          flush=True)
+    clf = train_classifier(grey.x_train, grey.y_train, epochs=cfg.classifier_epochs,
+                           seed=cfg.seed, progress=not args.quiet)
+    with torch.no_grad():
+        accuracy = float((batched(clf, grey.x_test).argmax(-1) == grey.y_test).float().mean())
+    scores, samples = generation_table(models, data, grey, clf, device, cfg.seed,
+                                       configs["vae"]["binarize"])
+    plot_image_rows([s[:10] for s in samples.values()], list(samples),
+                    os.path.join(out, "samples.png"), "Decoded random codes")
+    rows, names = interpolations(models, x, data.y_test)
+    plot_image_rows(rows, names, os.path.join(out, "interpolations.png"),
+                    "Straight lines between the codes of two test images")
+
+    result = {"runs": runs, "configs": configs, "reconstruction": recon,
+              "denoising": denoise, "classifier_test_accuracy": accuracy,
+              "generation": {k: dataclasses.asdict(v) for k, v in scores.items()}}
+    write_json(result, os.path.join(out, "comparison.json"))
+    write_report(cfg, runs, recon, accuracy, denoise, scores, out)
+    print(f"[{PROG}] generation (confidence / class entropy / Frechet distance):")
+    for name, s in scores.items():
+        print(f"    {name:40s} {s.confidence:6.3f} {s.class_entropy:6.3f} {s.frechet:9.2f}")
+    print(f"[{PROG}] wrote {out}/report.md, comparison.json and figures")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    def body():
+        cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+        check_common(cfg)
+        if cfg.classifier_epochs < 1:
+            raise ValueError(f"--classifier-epochs must be a positive integer, "
+                             f"got {cfg.classifier_epochs}")
+        try:
+            run(cfg, args)
+        except SystemExit as e:  # a training script failed and said why
+            return e.code
+
+    return run_main(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
