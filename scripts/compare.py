@@ -60,7 +60,7 @@ class Config:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
-    classifier_epochs: int = 3  # epochs of the digit classifier that scores generated images
+    classifier_epochs: int = 10  # epochs of the digit classifier that scores generated images
     out: str = "runs/compare"  # report.md, comparison.json, PNGs, and the runs trained here
 
 
@@ -229,6 +229,37 @@ def interpolations(models, x, y, steps=9):
     return rows, names
 
 
+def theory_checks(recon, denoise, scores):
+    """What theory predicts of the three models, each checked against the measurements: a list
+    of (holds, statement, what it means when it does not hold)."""
+    vae, ae_normal = scores["VAE, z ~ p(z)"], scores["AE, z ~ N(0, I)"]
+    ae_fitted = scores["AE, z ~ Gaussian fitted to codes"]
+    dae_wins = [noisy_level for noise, m in denoise.items()
+                for noisy_level, (a, d) in enumerate(zip(m["AE"], m["DAE"])) if d[1] > a[1]]
+    levels = sum(len(m["AE"]) for m in denoise.values())
+    return [
+        (vae.frechet < ae_normal.frechet and vae.confidence > ae_normal.confidence,
+         "VAE samples from its prior score better than AE samples from N(0, I) (lower Frechet "
+         "distance, higher confidence): the KL term makes p(z) the distribution the decoder was "
+         "trained on, and nothing tells an AE's codes where to lie.",
+         "the VAE is undertrained or its KL term has collapsed; check its active units with "
+         "scripts/evaluate.py."),
+        (recon["ae"]["bce"] <= min(recon["dae"]["bce"], recon["vae"]["bce"]),
+         "The AE reconstructs clean images best: it spends its whole code on reconstruction, "
+         "the VAE pays for information in its code (KL) and the DAE learned to discard detail.",
+         "the AE is undertrained or overfits; compare train and test losses in its metrics."),
+        (len(dae_wins) == levels,
+         f"The DAE beats the AE on noisy inputs at every noise and level ({len(dae_wins)} of "
+         f"{levels}), including noises it was not trained on.",
+         "noise far from the DAE's training noise can defeat it; train it on the noise you test."),
+        (ae_fitted.frechet < vae.frechet,
+         "An AE with a Gaussian fitted to its codes after training generates samples closer to "
+         "the data than the VAE's prior samples (ex-post density estimation, Ghosh et al., 2020).",
+         "a fitted Gaussian is a cruder density than the VAE's prior; the VAE's prior and decoder "
+         "were trained together, so it wins here."),
+    ]
+
+
 def write_report(cfg, runs, recon, accuracy, denoise, scores, out):
     lines = ["# AE vs DAE vs VAE", "",
              f"Models: AE `{runs['ae']}`, DAE `{runs['dae']}`, VAE `{runs['vae']}` (same data, "
@@ -259,7 +290,12 @@ def write_report(cfg, runs, recon, accuracy, denoise, scores, out):
         lines.append(f"| {name} | {s.confidence:.3f} | {s.class_entropy:.3f} | {s.frechet:.2f} |")
     lines += ["", "![decoded random codes](samples.png)", "",
               "## Interpolations between test images", "",
-              "![latent interpolations](interpolations.png)", ""]
+              "![latent interpolations](interpolations.png)", "",
+              "## What theory predicts, checked", ""]
+    for holds, statement, otherwise in theory_checks(recon, denoise, scores):
+        lines.append(f"- **{'holds' if holds else 'does not hold'}**: {statement}"
+                     + ("" if holds else f" Here it does not: {otherwise}"))
+    lines.append("")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
 
