@@ -1,12 +1,28 @@
 """pyro_vae: autoencoders as probabilistic programs.
 
 The VAE is a Pyro model/guide pair built from components that return distributions; the
-estimators give per-image marginal log-likelihood bounds for any Pyro model and guide.
+deterministic and denoising autoencoders sit on the same networks; the estimators give per-image
+marginal log-likelihood bounds for any Pyro model and guide.
 """
 
-from .build import build_vae, vae_from_checkpoint
+from .autoencoders import Autoencoder, DenoisingAutoencoder, fit_code_distribution
+from .build import (
+    autoencoder_from_checkpoint,
+    build_autoencoder,
+    build_vae,
+    vae_from_checkpoint,
+)
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import BINARIZATIONS, DATASETS, DataError, ImageData, batches, load_dataset
+from .classifier import DigitClassifier, frechet_distance, score_samples, train_classifier
+from .data import (
+    BINARIZATIONS,
+    DATASETS,
+    DataError,
+    ImageData,
+    batches,
+    load_dataset,
+    load_npz,
+)
 from .diagnostics import active_units, kl_per_dimension
 from .encoders import ENCODERS, DiagonalNormalEncoder, FlowEncoder, FullCovarianceEncoder
 from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
@@ -19,6 +35,7 @@ from .likelihoods import (
     LaplaceLikelihood,
 )
 from .nets import NETS, ConvDecoderNet, ConvEncoderNet, MLPDecoderNet, MLPEncoderNet
+from .noise import NOISES, GaussianNoise, MaskingNoise, SaltAndPepperNoise, make_noise, psnr
 from .objectives import IWAE
 from .priors import (
     PRIORS,
@@ -28,7 +45,7 @@ from .priors import (
     StandardNormalPrior,
     VampPrior,
 )
-from .train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
+from .train import ELBOS, NonFiniteLossError, fit, fit_autoencoder, kl_schedule, make_elbo
 from .vae import VAE
 
 __all__ = [
@@ -36,6 +53,18 @@ __all__ = [
     "VAE",
     "build_vae",
     "vae_from_checkpoint",
+    # the baselines, on the same nets
+    "Autoencoder",
+    "DenoisingAutoencoder",
+    "build_autoencoder",
+    "autoencoder_from_checkpoint",
+    "fit_code_distribution",
+    "NOISES",
+    "GaussianNoise",
+    "SaltAndPepperNoise",
+    "MaskingNoise",
+    "make_noise",
+    "psnr",
     # components and their registries
     "PRIORS",
     "StandardNormalPrior",
@@ -64,6 +93,7 @@ __all__ = [
     "DataError",
     "ImageData",
     "load_dataset",
+    "load_npz",
     "batches",
     # training and checkpoints
     "ELBOS",
@@ -71,6 +101,7 @@ __all__ = [
     "make_elbo",
     "kl_schedule",
     "fit",
+    "fit_autoencoder",
     "NonFiniteLossError",
     "save_checkpoint",
     "load_checkpoint",
@@ -84,4 +115,9 @@ __all__ = [
     "pareto_khat",
     "active_units",
     "kl_per_dimension",
+    # scoring generated images
+    "DigitClassifier",
+    "train_classifier",
+    "score_samples",
+    "frechet_distance",
 ]

@@ -8,7 +8,8 @@ from nbclient import NotebookClient
 
 from conftest import ROOT
 
-NOTEBOOKS = ["marginal_likelihood.ipynb", "swap_priors_and_likelihoods.ipynb"]
+NOTEBOOKS = ["conv_autoencoder_mnist.ipynb", "denoising_autoencoder.ipynb", "marginal_likelihood.ipynb",
+             "swap_priors_and_likelihoods.ipynb"]
 FOLDER = os.path.join(ROOT, "notebooks")
 
 
