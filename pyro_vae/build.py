@@ -83,7 +83,8 @@ def vae_from_checkpoint(state, image_shape):
     not fit the model its config describes.
     """
     if state["config"].get("model", "vae") != "vae":
-        raise CheckpointError(f"the checkpoint holds a {state['config']['model']}, not a VAE")
+        raise CheckpointError(f"the checkpoint holds an autoencoder ({state['config']['model']!r}), "
+                              "not a VAE; use a run of scripts/train_svi.py")
     options = {k: state["config"][k] for k in VAE_OPTIONS if k in state["config"]}
     return _load_strictly(build_vae(image_shape, **options), state, options)
 
@@ -91,6 +92,7 @@ def vae_from_checkpoint(state, image_shape):
 def autoencoder_from_checkpoint(state, image_shape):
     """Rebuild the AE or DAE of a ``scripts/train_baselines.py`` checkpoint and load its weights."""
     if state["config"].get("model") not in ("ae", "dae"):
-        raise CheckpointError("the checkpoint holds a VAE, not an autoencoder")
+        raise CheckpointError("the checkpoint holds a VAE, not an autoencoder; use a run of "
+                              "scripts/train_baselines.py")
     options = {k: state["config"][k] for k in AUTOENCODER_OPTIONS if k in state["config"]}
     return _load_strictly(build_autoencoder(image_shape, **options), state, options)

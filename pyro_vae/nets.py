@@ -11,7 +11,6 @@ same classes, so that comparisons between them are fair.
 
 import math
 
-import torch
 from torch import nn
 
 __all__ = ["NETS", "ConvDecoderNet", "ConvEncoderNet", "MLPDecoderNet", "MLPEncoderNet"]

@@ -6,6 +6,7 @@ run that fails (a non-finite loss) exits 1 after saying where its last good chec
 Ctrl-C saves the weights, says how to resume, and exits 130. No traceback for any of them.
 """
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -17,6 +18,13 @@ from pyro_vae.data import BINARIZATIONS, DATASETS, DataError, is_dataset_file
 from pyro_vae.nets import NETS
 from pyro_vae.runs import RunError, check_run_dir, prepare_run_dir
 from pyro_vae.train import NonFiniteLossError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the scripts' error policy: a bad flag value is one line, not the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
 
 
 class Interrupted(Exception):

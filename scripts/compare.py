@@ -22,7 +22,7 @@ import torch
 
 import train_baselines
 import train_svi
-from _cli import add_data_args, add_net_args, add_training_args, check_common, run_main
+from _cli import Parser, add_data_args, add_net_args, add_training_args, check_common, run_main
 from pyro_vae.autoencoders import fit_code_distribution
 from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
 from pyro_vae.checkpoint import load_checkpoint
@@ -66,7 +66,7 @@ class Config:
 
 def build_parser():
     d = Config()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2],

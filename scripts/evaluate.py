@@ -16,15 +16,15 @@ import sys
 from dataclasses import dataclass
 
 import pyro
-import torch
 
+from _cli import Parser, run_main
 from pyro_vae.build import vae_from_checkpoint
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint
-from pyro_vae.data import DataError, load_dataset
+from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dimension
 from pyro_vae.estimators import KHAT_THRESHOLD, bound_curve, log_likelihood
 from pyro_vae.plots import plot_bound_curve, plot_khat, plot_kl_per_dimension
-from pyro_vae.runs import RunError, resolve_device, write_json
+from pyro_vae.runs import resolve_device, write_json
 
 PROG = "evaluate.py"
 
@@ -56,7 +56,7 @@ def parse_ks(text):
 
 def build_parser():
     d = Config(checkpoint="")
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -82,6 +82,8 @@ def checkpoint_path(path):
                 return os.path.join(path, name)
         raise CheckpointError(f"{path} holds no checkpoint_best.pt or checkpoint_last.pt; "
                               "point at a run directory of scripts/train_svi.py")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no run directory or checkpoint at {path}")
     return path
 
 
@@ -94,11 +96,11 @@ def run(cfg):
     path = checkpoint_path(cfg.checkpoint)
     state = load_checkpoint(path)
     out = cfg.out or os.path.dirname(os.path.abspath(path))
-    os.makedirs(out, exist_ok=True)
     train_cfg = state["config"]
     data = load_dataset(train_cfg["dataset"], cfg.data_root, download=cfg.download,
                         binarize=train_cfg["binarize"], device=device)
     vae = vae_from_checkpoint(state, data.image_shape).to(device).eval()
+    os.makedirs(out, exist_ok=True)
     pyro.set_rng_seed(cfg.seed)
     x = data.x_test[: cfg.images]
     print(f"[{PROG}] {path} (epoch {state['epoch']}): {len(x)} test images of {data.source}, "
@@ -143,13 +145,7 @@ def run(cfg):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cfg = Config(**vars(args))
-    try:
-        run(cfg)
-    except (DataError, RunError, CheckpointError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(PROG, lambda: run(Config(**vars(args))))
 
 
 if __name__ == "__main__":

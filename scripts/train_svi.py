@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from _cli import (Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-                  check_choice, check_common, check_positive, claim_run_dir, config_from_args,
-                  run_main, start)
+from _cli import (
+    Interrupted, Parser, add_data_args, add_net_args, add_output_args, add_training_args,
+    check_choice, check_common, check_positive, claim_run_dir, config_from_args, run_main,
+    start,
+)
 from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.data import load_dataset
 from pyro_vae.encoders import ENCODERS
@@ -61,7 +63,7 @@ class Config:
 
 def build_parser():
     d = Config()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2],
