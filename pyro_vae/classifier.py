@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["DigitClassifier", "SampleScores", "frechet_distance", "score_samples",
            "train_classifier"]

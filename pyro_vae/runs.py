@@ -12,7 +12,7 @@ import os
 import tempfile
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .checkpoint import CheckpointError, save_checkpoint
 

@@ -13,7 +13,7 @@ import time
 import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import batches
 from .objectives import IWAE

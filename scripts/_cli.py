@@ -137,7 +137,7 @@ def claim_run_dir(cfg, resume, overwrite):
 
 def run_main(prog, body):
     """Call ``body()`` under the error policy above; returns the exit code (``body``'s return
-    value if it gives one)."""
+    value if it returns an int, e.g. that of a training script it ran)."""
     try:
         code = body()
     except (DataError, RunError, CheckpointError, ValueError) as e:

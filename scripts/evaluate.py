@@ -145,7 +145,10 @@ def run(cfg):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: run(Config(**vars(args))))
+    def body():
+        run(Config(**vars(args)))
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":
