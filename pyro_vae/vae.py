@@ -11,6 +11,8 @@ The VAE never asks what kind of prior, likelihood or encoder it holds: each is a
 forward returns a distribution, so swapping one is one assignment (``vae.prior = MyPrior(16)``).
 """
 
+from contextlib import nullcontext
+
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -39,15 +41,19 @@ class VAE(nn.Module):
         # every estimator of log p(x) must see; train.fit sets it per epoch and restores 1.
         self.kl_scale = 1.0
 
+    def _kl_scale(self):
+        # No messenger at all at beta = 1: the common case pays nothing for the option.
+        return poutine.scale(scale=self.kl_scale) if self.kl_scale != 1.0 else nullcontext()
+
     def model(self, x):
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=self.kl_scale):
+            with self._kl_scale():
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(z), obs=x)
 
     def guide(self, x):
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=self.kl_scale):
+            with self._kl_scale():
                 pyro.sample("z", self.encoder(x))
 
     # Convenience views used by plots and reports; no Pyro machinery needed.

@@ -152,6 +152,7 @@ def run_main(prog, body):
               f"epoch {e.epoch}, continue with --resume {os.path.dirname(e.path)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted before training started; nothing was saved", file=sys.stderr)
+        print(f"{prog}: interrupted outside training; files already written are kept",
+              file=sys.stderr)
         return 130
     return code or 0
