@@ -116,3 +116,32 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
         load_dataset("cifar", str(tmp_path), download=False)
     with pytest.raises(DataError, match="dynamic, static, none"):
         load_dataset("mnist", str(tmp_path), download=False, binarize="sometimes")
+
+
+def test_mnist_is_read_from_checked_idx_files_under_the_root(tmp_path):
+    arrays = make_idx_dataset(tmp_path / "MNIST" / "raw", gz=False)
+    data = load_dataset("mnist", str(tmp_path), download=False, binarize="none")
+    images, labels = arrays["t10k"]
+    assert data.source.startswith("MNIST IDX files under")
+    assert torch.equal(data.x_test, torch.from_numpy(images / 255.0).float().unsqueeze(1))
+    assert torch.equal(data.y_test, torch.from_numpy(labels.astype(np.int64)))
+    assert data.x_train.shape == (30, 1, 28, 28)
+
+
+def test_npz_images_are_scaled_shaped_and_labelled(tmp_path):
+    from pyro_vae.data import load_npz
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(12, 8, 8), dtype=np.uint8)
+    rgb = rng.random((3, 3, 8, 8)).astype(np.float64)
+    np.savez(tmp_path / "a.npz", x_train=grey, x_test=grey[:2], y_train=np.arange(12) % 10)
+    (x_train, y_train, x_test, y_test), source = load_npz(str(tmp_path / "a.npz"))
+    assert x_train.shape == (12, 1, 8, 8) and x_train.dtype == torch.float32
+    assert torch.allclose(x_train[:, 0], torch.from_numpy(grey / 255.0).float())
+    assert y_train.tolist() == [i % 10 for i in range(12)]
+    assert y_test.tolist() == [-1, -1]  # no y_test: unlabelled
+    np.savez(tmp_path / "b.npz", x_train=np.concatenate([rgb] * 4), x_test=rgb,
+             y_test=np.array([1, 2, 3]))
+    data = load_dataset(str(tmp_path / "b.npz"), binarize="none")
+    assert data.image_shape == (3, 8, 8) and data.y_test.tolist() == [1, 2, 3]
+    assert torch.allclose(data.x_test, torch.from_numpy(rgb).float())
