@@ -117,9 +117,9 @@ def train_missing(cfg, args):
     return runs
 
 
-def load_runs(runs, device):
-    """Models, their configs and the data they were trained on; refuses runs that differ in
-    data or network size."""
+def load_runs(runs, cfg, device):
+    """Models, their configs and the data they were trained on (read from ``--data-root``);
+    refuses runs that differ in data or network size."""
     states = {}
     for m, folder in runs.items():
         path = os.path.join(folder, "checkpoint_best.pt")
@@ -138,9 +138,9 @@ def load_runs(runs, device):
             raise RunError(f"the runs differ in --{key.replace('_', '-')} ({listed}); compare "
                            "models trained on the same data with networks of the same size")
     c = configs["vae"]
-    data = load_dataset(c["dataset"], c["data_root"], download=c["download"],
+    data = load_dataset(c["dataset"], cfg.data_root, download=cfg.download,
                         binarize=c["binarize"], device=device)
-    grey = load_dataset(c["dataset"], c["data_root"], download=c["download"],
+    grey = load_dataset(c["dataset"], cfg.data_root, download=cfg.download,
                         binarize="none", device=device)
     if bool((grey.y_train < 0).any()):
         raise RunError(f"{c['dataset']} has no labels (y_train); the scoring classifier needs them")
@@ -310,7 +310,7 @@ def run(cfg, args):
             raise RunError(f"--{m} {getattr(cfg, m)} is not a directory; pass a run directory "
                            f"written by {'train_svi.py' if m == 'vae' else 'train_baselines.py'}")
     runs = train_missing(cfg, args)
-    models, configs, data, grey = load_runs(runs, device)
+    models, configs, data, grey = load_runs(runs, cfg, device)
     prepare_run_dir(cfg.out, overwrite=True)  # the checks above refused a finished report
     out = cfg.out
     x = data.x_test

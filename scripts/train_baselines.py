@@ -139,7 +139,8 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
-    if cfg.loss == "bce" and cfg.binarize == "none" and not bool(((data.x_test == 0) | (data.x_test == 1)).all()):
+    binary = bool(((data.x_test == 0) | (data.x_test == 1)).all())
+    if cfg.loss == "bce" and cfg.binarize == "none" and not binary:
         raise ValueError("--loss bce with --binarize none needs binary pixels, and these are grey "
                          "levels; use --binarize dynamic or static, or --loss mse")
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}

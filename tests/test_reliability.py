@@ -451,3 +451,15 @@ def test_same_seed_and_flags_give_identical_metrics(capsys, tmp_path, script, ar
     assert call(script, *args, "--epochs", "2", "--data-root", tmp_path / "d", "--seed", "1",
                 "--out", tmp_path / "c") == 0
     assert _losses(tmp_path / "c") != _losses(tmp_path / "a")
+
+
+def test_cross_entropy_on_grey_levels_is_refused_by_the_baselines(capsys, tmp_path):
+    grey = digits(40).astype(np.float32) / 255
+    path = save_npz(tmp_path / "grey.npz", x_train=grey, x_test=grey[:10])
+    assert_refused(capsys, "train_baselines", [*TINY, "--dataset", path, "--binarize", "none",
+                                               "--loss", "bce", "--out", tmp_path / "r"],
+                   "--loss bce with --binarize none needs binary pixels", tmp_path)
+    # --loss auto picks squared error for grey levels, and trains
+    assert call("train_baselines", *TINY, "--dataset", path, "--binarize", "none",
+                "--out", tmp_path / "r") == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["loss"] == "mse"
