@@ -1,6 +1,6 @@
 """Compare an AE, a DAE and a VAE of equal size on the same data; write a Markdown report with figures.
 
-    python scripts/compare.py                                  # trains all three, ~6 minutes
+    python scripts/compare.py                                  # trains all three, ~4 minutes
     python scripts/compare.py --vae runs/svi --ae runs/ae --dae runs/dae   # loads trained runs
     python scripts/compare.py --epochs 20 --arch conv --out runs/compare-conv
 
