@@ -148,8 +148,10 @@ def run_main(prog, body):
               file=sys.stderr)
         return 1
     except Interrupted as e:
-        print(f"{prog}: interrupted: the weights are saved in {e.path}; checkpoint_last.pt holds "
-              f"epoch {e.epoch}, continue with --resume {os.path.dirname(e.path)}", file=sys.stderr)
+        run_dir = os.path.dirname(e.path)
+        then = (f"checkpoint_last.pt holds epoch {e.epoch}, continue with --resume {run_dir}"
+                if e.epoch else "no epoch had finished, so start again with --overwrite")
+        print(f"{prog}: interrupted: the weights are saved in {e.path}; {then}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"{prog}: interrupted outside training; files already written are kept",
