@@ -27,6 +27,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see --help\n")
 
 
+def make_parser(prog, doc):
+    """A :class:`Parser` whose description is the first paragraph of a script's docstring and
+    whose epilog is the rest: the examples, and what the script writes."""
+    first, _, rest = doc.partition("\n\n")
+    return Parser(prog=prog, description=first, epilog=rest,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 class Interrupted(Exception):
     """Ctrl-C during training, after the weights were saved to ``path``."""
 

@@ -12,7 +12,6 @@ codes; VAE: z ~ p(z)), scored by a small digit classifier trained here (confiden
 Frechet distance to held-out digits); and interpolations between test images in each latent space.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -22,7 +21,9 @@ import torch
 
 import train_baselines
 import train_svi
-from _cli import Parser, add_data_args, add_net_args, add_training_args, check_common, run_main
+from _cli import (
+    add_data_args, add_net_args, add_training_args, check_common, make_parser, run_main,
+)
 from pyro_vae.autoencoders import fit_code_distribution
 from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
 from pyro_vae.checkpoint import load_checkpoint
@@ -66,12 +67,7 @@ class Config:
 
 def build_parser():
     d = Config()
-    p = Parser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser(PROG, __doc__)
     g = p.add_argument_group("trained runs to load (each optional)")
     for m in MODELS:
         g.add_argument(f"--{m}", default="", metavar="RUN_DIR", help=f"a {m.upper()} run directory")

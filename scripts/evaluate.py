@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyro
 
-from _cli import Parser, run_main
+from _cli import make_parser, run_main
 from pyro_vae.build import vae_from_checkpoint
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.data import load_dataset
@@ -56,9 +56,7 @@ def parse_ks(text):
 
 def build_parser():
     d = Config(checkpoint="")
-    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(PROG, __doc__)
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--samples", type=int, default=d.samples, help="K for log p(x) (default: %(default)s)")
     p.add_argument("--images", type=int, default=d.images, help="test images (default: %(default)s)")

@@ -12,7 +12,6 @@ curves, reconstructions, decoded random codes z ~ N(0, I), the latent space, and
 clean / denoised test images.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from _cli import (
-    Interrupted, Parser, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_choice, check_common, claim_run_dir, config_from_args, run_main, start,
+    Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
+    check_choice, check_common, claim_run_dir, config_from_args, make_parser, run_main, start,
 )
 from pyro_vae.autoencoders import LOSSES
 from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
@@ -59,12 +58,7 @@ class Config:
 
 def build_parser():
     d = Config()
-    p = Parser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser(PROG, __doc__)
     add_data_args(p, d)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model, help="ae (deterministic) or dae (denoising) "

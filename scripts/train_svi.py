@@ -9,7 +9,6 @@ checkpoint_last.pt / checkpoint_best.pt, summary.json (the test log-likelihood e
 figures: training curves, reconstructions, prior samples and the latent space.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -18,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from _cli import (
-    Interrupted, Parser, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_choice, check_common, check_positive, claim_run_dir, config_from_args, run_main,
-    start,
+    Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
+    check_choice, check_common, check_positive, claim_run_dir, config_from_args, make_parser,
+    run_main, start,
 )
 from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.data import load_dataset
@@ -63,12 +62,7 @@ class Config:
 
 def build_parser():
     d = Config()
-    p = Parser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser(PROG, __doc__)
     add_data_args(p, d)
     g = p.add_argument_group("model")
     add_net_args(g, d)
