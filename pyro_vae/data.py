@@ -329,9 +329,9 @@ def load_npz(path):
         try:
             x_train = _npz_images(path, "x_train", np.asarray(npz["x_train"]))
             x_test = _npz_images(path, "x_test", np.asarray(npz["x_test"]))
+        except DataError:
+            raise
         except ValueError as e:  # object arrays refused by allow_pickle=False, bad zip members
-            if isinstance(e, DataError):
-                raise
             raise DataError(f"{path}: cannot read its arrays ({e}); save plain numeric arrays") from None
         if x_train.shape[1:] != x_test.shape[1:]:
             raise DataError(f"{path}: x_train images are {tuple(x_train.shape[1:])} but x_test "

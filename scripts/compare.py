@@ -230,9 +230,9 @@ def theory_checks(recon, denoise, scores):
     of (holds, statement, what it means when it does not hold)."""
     vae, ae_normal = scores["VAE, z ~ p(z)"], scores["AE, z ~ N(0, I)"]
     ae_fitted = scores["AE, z ~ Gaussian fitted to codes"]
-    dae_wins = [noisy_level for noise, m in denoise.items()
-                for noisy_level, (a, d) in enumerate(zip(m["AE"], m["DAE"])) if d[1] > a[1]]
-    levels = sum(len(m["AE"]) for m in denoise.values())
+    # (AE PSNR, DAE PSNR) at every noise and level
+    pairs = [(a, d) for m in denoise.values() for (_, a), (_, d) in zip(m["AE"], m["DAE"])]
+    dae_wins, levels = sum(d > a for a, d in pairs), len(pairs)
     return [
         (vae.frechet < ae_normal.frechet and vae.confidence > ae_normal.confidence,
          "VAE samples from its prior score better than AE samples from N(0, I) (lower Frechet "
@@ -244,8 +244,8 @@ def theory_checks(recon, denoise, scores):
          "The AE reconstructs clean images best: it spends its whole code on reconstruction, "
          "the VAE pays for information in its code (KL) and the DAE learned to discard detail.",
          "the AE is undertrained or overfits; compare train and test losses in its metrics."),
-        (len(dae_wins) == levels,
-         f"The DAE beats the AE on noisy inputs at every noise and level ({len(dae_wins)} of "
+        (dae_wins == levels,
+         f"The DAE beats the AE on noisy inputs at every noise and level ({dae_wins} of "
          f"{levels}), including noises it was not trained on.",
          "noise far from the DAE's training noise can defeat it; train it on the noise you test."),
         (ae_fitted.frechet < vae.frechet,

@@ -26,6 +26,7 @@ from _cli import (
 from pyro_vae.autoencoders import LOSSES
 from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
 from pyro_vae.data import load_dataset
+from pyro_vae.likelihoods import BernoulliLikelihood
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.runs import Recorder, resolve_device, write_json
@@ -133,8 +134,8 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
-    binary = bool(((data.x_test == 0) | (data.x_test == 1)).all())
-    if cfg.loss == "bce" and cfg.binarize == "none" and not binary:
+    if (cfg.loss == "bce" and cfg.binarize == "none"
+            and not bool(BernoulliLikelihood.in_support(data.x_test).all())):
         raise ValueError("--loss bce with --binarize none needs binary pixels, and these are grey "
                          "levels; use --binarize dynamic or static, or --loss mse")
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
