@@ -102,7 +102,7 @@ def main():
     print(f"svi step    median {med_svi * 1e3:8.3f} ms   {args.batch_size / med_svi:10.0f} images/s")
     print(f"plain step  median {med_plain * 1e3:8.3f} ms   {args.batch_size / med_plain:10.0f} images/s")
     # the spread of the per-round ratios: on a shared machine the median moves by a few hundredths
-    # from run to run, so compare medians only across runs whose quartiles are narrow
+    # from run to run, so a difference that small between two runs is noise
     print(f"per-round ratio quartiles {q1:.3f} .. {q3:.3f}")
     print(f"ratio {statistics.median(ratios):.2f}")
 
