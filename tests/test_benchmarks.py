@@ -1,0 +1,69 @@
+"""The benchmarks are run by hand, but they must not rot: each runs here with tiny arguments, and
+the SVI benchmark's hand-written reference is checked to compute the loss Trace_ELBO computes."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pyro
+import torch
+
+from pyro_vae.build import build_vae
+from pyro_vae.train import make_elbo
+
+from conftest import ROOT, tiny_images
+
+BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py"}
+
+
+def _run(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_benchmark_is_tested():
+    found = {f for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")}
+    assert found == BENCHMARKS
+
+
+def test_svi_reference_is_the_same_loss_and_gradient():
+    # Same seed, same noise: the plain step's -ELBO and its gradients equal Trace_ELBO's, so the
+    # benchmark's ratio compares the same computation done two ways.
+    plain_loss = _load("bench_svi_step.py").plain_loss
+    vae = build_vae((1, 28, 28), arch="mlp", latent_dim=5, hidden_dim=16)
+    params = list(vae.parameters())
+    x = tiny_images(8)
+    torch.manual_seed(1)
+    with pyro.validation_enabled(False):
+        svi = make_elbo("trace").differentiable_loss(vae.model, vae.guide, x)
+    svi_grads = torch.autograd.grad(svi, params)
+    torch.manual_seed(1)
+    plain = plain_loss(vae, x)
+    plain_grads = torch.autograd.grad(plain, params)
+    torch.testing.assert_close(plain, svi)
+    for g_plain, g_svi in zip(plain_grads, svi_grads):
+        torch.testing.assert_close(g_plain, g_svi, rtol=1e-4, atol=1e-5)
+
+
+def test_svi_step_benchmark_runs_and_ends_with_its_ratio():
+    proc = _run("bench_svi_step.py", "--batch-size", "8", "--rounds", "4", "--warmup", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio \d+\.\d\d", lines[-1]), lines[-1]
+    assert any(line.startswith("per-round ratio quartiles") for line in lines)
+
+
+def test_loglik_benchmark_runs_and_ends_with_its_efficiency():
+    proc = _run("bench_loglik.py", "--images", "4", "--loop-images", "2", "--ks", "5")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"efficiency \d+\.\d\d", last), last
