@@ -12,12 +12,11 @@ from .build import (
     build_vae,
     vae_from_checkpoint,
 )
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .classifier import DigitClassifier, frechet_distance, score_samples, train_classifier
 from .data import (
     BINARIZATIONS,
     DATASETS,
-    DataError,
     ImageData,
     batches,
     load_dataset,
@@ -25,6 +24,7 @@ from .data import (
 )
 from .diagnostics import active_units, kl_per_dimension
 from .encoders import ENCODERS, DiagonalNormalEncoder, FlowEncoder, FullCovarianceEncoder
+from .errors import CheckpointError, ConfigError, DataError, RunError, UserError, lookup
 from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
 from .likelihoods import (
     LIKELIHOODS,
@@ -90,7 +90,6 @@ __all__ = [
     # data
     "DATASETS",
     "BINARIZATIONS",
-    "DataError",
     "ImageData",
     "load_dataset",
     "load_npz",
@@ -105,7 +104,7 @@ __all__ = [
     "NonFiniteLossError",
     "save_checkpoint",
     "load_checkpoint",
-    "CheckpointError",
+    "find_checkpoint",
     # estimators
     "Estimate",
     "log_likelihood",
@@ -115,6 +114,13 @@ __all__ = [
     "pareto_khat",
     "active_units",
     "kl_per_dimension",
+    # what a user can get wrong, and the lookup of names
+    "UserError",
+    "ConfigError",
+    "DataError",
+    "RunError",
+    "CheckpointError",
+    "lookup",
     # scoring generated images
     "DigitClassifier",
     "train_classifier",

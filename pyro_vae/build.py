@@ -7,8 +7,8 @@ differ only in what sits on top of the nets.
 """
 
 from .autoencoders import Autoencoder, DenoisingAutoencoder
-from .checkpoint import CheckpointError
 from .encoders import ENCODERS
+from .errors import CheckpointError, lookup
 from .likelihoods import LIKELIHOODS
 from .nets import NETS
 from .noise import make_noise
@@ -25,12 +25,6 @@ __all__ = [
 ]
 
 
-def _lookup(registry, kind, name):
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry)}")
-    return registry[name]
-
-
 # The keyword arguments of build_vae: the part of a run's config that fixes the model.
 VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "prior", "likelihood", "posterior")
 # The keyword arguments of build_autoencoder.
@@ -40,10 +34,10 @@ AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "loss", "noi
 def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="normal",
               likelihood="bernoulli", posterior="diagonal"):
     """A :class:`VAE` with ``arch`` encoder/decoder nets and the named components."""
-    enc_net_cls, dec_net_cls = _lookup(NETS, "architecture", arch)
-    encoder_cls = _lookup(ENCODERS, "posterior", posterior)
-    likelihood_cls = _lookup(LIKELIHOODS, "likelihood", likelihood)
-    prior_cls = _lookup(PRIORS, "prior", prior)
+    enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
+    encoder_cls = lookup(ENCODERS, "posterior", posterior)
+    likelihood_cls = lookup(LIKELIHOODS, "likelihood", likelihood)
+    prior_cls = lookup(PRIORS, "prior", prior)
     encoder = encoder_cls(
         enc_net_cls(image_shape, hidden_dim, encoder_cls.out_dim(latent_dim)), latent_dim
     )
@@ -56,7 +50,7 @@ def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hid
                       loss="bce", noise="gaussian", noise_level=0.5):
     """An :class:`Autoencoder` (``model="ae"``) or :class:`DenoisingAutoencoder` (``"dae"``, with
     the named noise at ``noise_level``) on the ``arch`` nets; the encoder net outputs the code."""
-    enc_net_cls, dec_net_cls = _lookup(NETS, "architecture", arch)
+    enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
     enc = enc_net_cls(image_shape, hidden_dim, latent_dim)
     dec = dec_net_cls(latent_dim, hidden_dim, image_shape)
     if model == "ae":

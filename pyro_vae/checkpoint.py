@@ -8,32 +8,37 @@ never unpickles arbitrary objects.
 """
 
 import os
-import tempfile
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+from .errors import CheckpointError
+from .files import atomic_write
 
+__all__ = ["find_checkpoint", "load_checkpoint", "save_checkpoint"]
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or does not fit what it is loaded into."""
+# The checkpoints of a run directory, in the order a reader prefers them.
+RUN_CHECKPOINTS = ("checkpoint_best.pt", "checkpoint_last.pt")
 
 
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def find_checkpoint(path):
+    """The checkpoint ``path`` points at: a file as it is; for a run directory, its best
+    checkpoint (lowest test loss), else its last. :class:`CheckpointError` if there is none."""
+    if os.path.isdir(path):
+        for name in RUN_CHECKPOINTS:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CheckpointError(f"{path} holds no {' or '.join(RUN_CHECKPOINTS)}; point at the run "
+                              "directory of a training script")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no run directory or checkpoint at {path}")
+    return path
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import DataError, lookup
+
 __all__ = [
     "BINARIZATIONS",
     "DATASETS",
-    "DataError",
     "ImageData",
     "batches",
     "binarize_static",
@@ -45,10 +46,6 @@ BINARIZATIONS = ("dynamic", "static", "none")
 # Seeds that fix the offline split and the one-off binarizations; part of the data, not of a run.
 _SPLIT_SEED = 0
 _STATIC_SEED = 1234
-
-
-class DataError(ValueError):
-    """Data that cannot be used as asked; the message says what is wrong and what to do."""
 
 
 @dataclass
@@ -329,8 +326,6 @@ def load_npz(path):
         try:
             x_train = _npz_images(path, "x_train", np.asarray(npz["x_train"]))
             x_test = _npz_images(path, "x_test", np.asarray(npz["x_test"]))
-        except DataError:
-            raise
         except ValueError as e:  # object arrays refused by allow_pickle=False, bad zip members
             raise DataError(f"{path}: cannot read its arrays ({e}); save plain numeric arrays") from None
         if x_train.shape[1:] != x_test.shape[1:]:
@@ -359,15 +354,13 @@ def load_dataset(name, root="data", *, download=True, binarize="dynamic", device
     With ``binarize="static"`` train and test are binarized once here; with ``"dynamic"`` only the
     test set is (training batches are drawn fresh by :func:`batches`); with ``"none"`` neither.
     """
-    if binarize not in BINARIZATIONS:
-        raise DataError(f"unknown binarization {binarize!r}; choose one of: {', '.join(BINARIZATIONS)}")
+    lookup(BINARIZATIONS, "binarization", binarize, error=DataError)
     if is_dataset_file(name):
         (x_train, y_train, x_test, y_test), source = load_npz(name)
-    elif name in DATASETS:
-        (x_train, y_train, x_test, y_test), source = DATASETS[name](root, download)
     else:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, "
-                        "or the path of an .npz file")
+        load = lookup(DATASETS, "dataset", name, error=DataError,
+                      alternative="the path of an .npz file")
+        (x_train, y_train, x_test, y_test), source = load(root, download)
     if binarize == "static":
         x_train = binarize_static(x_train, seed=_STATIC_SEED)
     if binarize in ("static", "dynamic"):

@@ -12,7 +12,7 @@ from torch import nn
 
 import pyro.distributions as dist
 
-from .data import DataError
+from .errors import DataError
 
 __all__ = [
     "LIKELIHOODS",

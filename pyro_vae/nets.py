@@ -13,6 +13,8 @@ import math
 
 from torch import nn
 
+from .errors import ConfigError
+
 __all__ = ["NETS", "ConvDecoderNet", "ConvEncoderNet", "MLPDecoderNet", "MLPEncoderNet"]
 
 
@@ -53,7 +55,7 @@ class MLPDecoderNet(nn.Module):
 def _check_conv_shape(image_shape):
     c, h, w = image_shape
     if h % 4 or w % 4:
-        raise ValueError(
+        raise ConfigError(
             f"the conv networks halve the image twice, so height and width must be multiples of 4; "
             f"got {h}x{w}: use --arch mlp or pad the images"
         )

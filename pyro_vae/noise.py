@@ -15,6 +15,8 @@ global one), so a training stream is reproducible from the generator's state.
 
 import torch
 
+from .errors import ConfigError, lookup
+
 __all__ = ["NOISES", "GaussianNoise", "MaskingNoise", "SaltAndPepperNoise", "make_noise", "psnr"]
 
 
@@ -27,7 +29,7 @@ class _Noise:
         level = float(level)
         if not level >= 0 or (self.max_level is not None and level > self.max_level):
             bound = f"in [0, {self.max_level}]" if self.max_level is not None else ">= 0"
-            raise ValueError(f"the {self.name} noise level ({self.level_name}) must be {bound}, "
+            raise ConfigError(f"the {self.name} noise level ({self.level_name}) must be {bound}, "
                              f"got {level}")
         self.level = level
 
@@ -78,10 +80,8 @@ NOISES = {cls.name: cls for cls in (GaussianNoise, SaltAndPepperNoise, MaskingNo
 
 
 def make_noise(name, level):
-    """A noise model by name (see :data:`NOISES`); ValueError naming the valid ones otherwise."""
-    if name not in NOISES:
-        raise ValueError(f"unknown noise {name!r}; choose one of: {', '.join(NOISES)}")
-    return NOISES[name](level)
+    """A noise model by name (see :data:`NOISES`); ConfigError naming the valid ones otherwise."""
+    return lookup(NOISES, "noise", name)(level)
 
 
 def psnr(estimate, clean, eps=1e-10):

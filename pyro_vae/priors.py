@@ -15,6 +15,8 @@ from torch import nn
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 
+from .errors import ConfigError
+
 __all__ = [
     "PRIORS",
     "FlowPrior",
@@ -111,7 +113,7 @@ class FlowPrior(_Prior):
     def __init__(self, latent_dim, num_flows=4, hidden_dim=64):
         super().__init__()
         if latent_dim < 2:
-            raise ValueError("the flow prior needs --latent-dim >= 2 (coupling splits z in two)")
+            raise ConfigError("the flow prior needs --latent-dim >= 2 (coupling splits z in two)")
         self.flows = nn.ModuleList(
             T.affine_coupling(latent_dim, hidden_dims=[hidden_dim, hidden_dim])
             for _ in range(num_flows)

@@ -9,17 +9,17 @@ A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one r
 import csv
 import json
 import os
-import tempfile
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, save_checkpoint
+from .checkpoint import save_checkpoint
+from .errors import CheckpointError, RunError, lookup
+from .files import atomic_write
 
 __all__ = [
     "RUN_MARKERS",
     "Recorder",
-    "RunError",
     "check_run_dir",
     "prepare_run_dir",
     "resolve_device",
@@ -33,18 +33,13 @@ __all__ = [
 RUN_MARKERS = ("config.json", "checkpoint_last.pt", "metrics.csv", "summary.json")
 
 
-class RunError(ValueError):
-    """A run directory or device that cannot be used as asked."""
-
-
 def resolve_device(name):
     """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    lookup(("auto", "cpu", "cuda"), "device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise RunError(f"unknown device {name!r}; choose one of: auto, cpu, cuda")
     return torch.device(name)
 
 
@@ -68,12 +63,9 @@ def prepare_run_dir(path, overwrite=False):
 
 def write_json(obj, path):
     """Write ``obj`` as indented JSON, atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_metrics(history, folder):
@@ -81,12 +73,10 @@ def write_metrics(history, folder):
     write_json(history, os.path.join(folder, "metrics.json"))
     if not history:
         return
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_write(os.path.join(folder, "metrics.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, os.path.join(folder, "metrics.csv"))
 
 
 def rng_state(generator):

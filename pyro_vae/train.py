@@ -16,6 +16,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm import tqdm
 
 from .data import batches
+from .errors import lookup
 from .objectives import IWAE
 
 __all__ = [
@@ -48,9 +49,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def make_elbo(name, num_particles=1, max_plate_nesting=1):
     """An ELBO estimator by name (see :data:`ELBOS`), particles vectorized."""
-    if name not in ELBOS:
-        raise ValueError(f"unknown ELBO {name!r}; choose one of: {', '.join(ELBOS)}")
-    return ELBOS[name](
+    return lookup(ELBOS, "ELBO", name)(
         num_particles=num_particles,
         vectorize_particles=num_particles > 1,
         max_plate_nesting=max_plate_nesting,

@@ -1,9 +1,10 @@
 """What the training scripts share: common flags and their checks, --resume, and the error policy.
 
-The policy of every script's ``main``: a user mistake (bad flag, bad data, unusable checkpoint or
-run directory) prints one line ``<prog>: error: <what is wrong and what to do>`` and exits 2; a
+The policy of every script's ``main``: a user mistake (a :class:`~pyro_vae.errors.UserError`: bad
+flag, bad data, unusable checkpoint or run directory) prints one line ``<prog>: error: <what is wrong and what to do>`` and exits 2; a
 run that fails (a non-finite loss) exits 1 after saying where its last good checkpoint is;
-Ctrl-C saves the weights, says how to resume, and exits 130. No traceback for any of them.
+Ctrl-C saves the weights, says how to resume, and exits 130. No traceback for any of them; any
+other exception is a bug and keeps its traceback.
 """
 
 import argparse
@@ -13,10 +14,11 @@ import sys
 
 import pyro
 
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint
-from pyro_vae.data import BINARIZATIONS, DATASETS, DataError, is_dataset_file
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file
+from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
 from pyro_vae.nets import NETS
-from pyro_vae.runs import RunError, check_run_dir, prepare_run_dir
+from pyro_vae.runs import check_run_dir, prepare_run_dir
 from pyro_vae.train import NonFiniteLossError
 
 
@@ -83,27 +85,22 @@ def add_output_args(p, d):
     return g
 
 
-def check_choice(value, registry, flag):
-    if value not in registry:
-        raise ValueError(f"unknown --{flag} {value!r}; choose one of: {', '.join(registry)}")
-
-
 def check_positive(cfg, names):
     for name in names:
         value = getattr(cfg, name)
         if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 def check_common(cfg):
     """The checks every training config needs: names, sizes, learning rate."""
     if not is_dataset_file(cfg.dataset):
-        check_choice(cfg.dataset, DATASETS, "dataset")
-    check_choice(cfg.binarize, BINARIZATIONS, "binarize")
-    check_choice(cfg.arch, NETS, "arch")
+        lookup(DATASETS, "--dataset", cfg.dataset)
+    lookup(BINARIZATIONS, "--binarize", cfg.binarize)
+    lookup(NETS, "--arch", cfg.arch)
     check_positive(cfg, ("epochs", "batch_size", "latent_dim", "hidden_dim"))
     if not cfg.lr > 0:
-        raise ValueError(f"--lr must be positive, got {cfg.lr}")
+        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
 
 
 def config_from_args(config_cls, args, model, script):
@@ -123,7 +120,7 @@ def config_from_args(config_cls, args, model, script):
                  data_root=args.data_root, download=args.download)
     cfg = config_cls(**saved)
     if cfg.epochs <= state["epoch"]:
-        raise ValueError(f"{args.resume} has already run {state['epoch']} epochs; pass a larger "
+        raise RunError(f"{args.resume} has already run {state['epoch']} epochs; pass a larger "
                          "--epochs to continue it")
     return cfg, state
 
@@ -148,7 +145,7 @@ def run_main(prog, body):
     value if it returns an int, e.g. that of a training script it ran)."""
     try:
         code = body()
-    except (DataError, RunError, CheckpointError, ValueError) as e:
+    except UserError as e:  # not ValueError: a bug inside keeps its traceback
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

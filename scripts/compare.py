@@ -26,12 +26,14 @@ from _cli import (
 )
 from pyro_vae.autoencoders import fit_code_distribution
 from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.classifier import score_samples, train_classifier
 from pyro_vae.data import load_dataset
+from pyro_vae.errors import ConfigError, RunError
+from pyro_vae.files import atomic_write
 from pyro_vae.noise import make_noise, psnr
 from pyro_vae.plots import plot_image_rows, plot_psnr
-from pyro_vae.runs import RunError, prepare_run_dir, resolve_device, write_json
+from pyro_vae.runs import prepare_run_dir, resolve_device, write_json
 
 PROG = "compare.py"
 MODELS = ("ae", "dae", "vae")
@@ -118,10 +120,7 @@ def load_runs(runs, cfg, device):
     refuses runs that differ in data or network size."""
     states = {}
     for m, folder in runs.items():
-        path = os.path.join(folder, "checkpoint_best.pt")
-        if not os.path.exists(path):
-            path = os.path.join(folder, "checkpoint_last.pt")
-        states[m] = load_checkpoint(path)
+        states[m] = load_checkpoint(find_checkpoint(folder))
         kind = states[m]["config"].get("model", "vae")
         if kind != m:
             raise RunError(f"--{m} {folder} holds a run of model {kind!r}, not {m!r}; pass the "
@@ -292,7 +291,7 @@ def write_report(cfg, runs, recon, accuracy, denoise, scores, out):
         lines.append(f"- **{'holds' if holds else 'does not hold'}**: {statement}"
                      + ("" if holds else f" Here it does not: {otherwise}"))
     lines.append("")
-    with open(os.path.join(out, "report.md"), "w") as f:
+    with atomic_write(os.path.join(out, "report.md")) as f:
         f.write("\n".join(lines))
 
 
@@ -357,7 +356,7 @@ def main(argv=None):
         cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
         check_common(cfg)
         if cfg.classifier_epochs < 1:
-            raise ValueError(f"--classifier-epochs must be a positive integer, "
+            raise ConfigError(f"--classifier-epochs must be a positive integer, "
                              f"got {cfg.classifier_epochs}")
         try:
             run(cfg, args)

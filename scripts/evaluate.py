@@ -19,9 +19,10 @@ import pyro
 
 from _cli import make_parser, run_main
 from pyro_vae.build import vae_from_checkpoint
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dimension
+from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import KHAT_THRESHOLD, bound_curve, log_likelihood
 from pyro_vae.plots import plot_bound_curve, plot_khat, plot_kl_per_dimension
 from pyro_vae.runs import resolve_device, write_json
@@ -73,25 +74,13 @@ def build_parser():
     return p
 
 
-def checkpoint_path(path):
-    if os.path.isdir(path):
-        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise CheckpointError(f"{path} holds no checkpoint_best.pt or checkpoint_last.pt; "
-                              "point at a run directory of scripts/train_svi.py")
-    if not os.path.exists(path):
-        raise CheckpointError(f"no run directory or checkpoint at {path}")
-    return path
-
-
 def run(cfg):
     for name in ("samples", "images", "curve_images", "batch_size"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
                              f"got {getattr(cfg, name)}")
     device = resolve_device(cfg.device)
-    path = checkpoint_path(cfg.checkpoint)
+    path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(path)
     out = cfg.out or os.path.dirname(os.path.abspath(path))
     train_cfg = state["config"]

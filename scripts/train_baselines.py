@@ -21,11 +21,12 @@ import torch
 
 from _cli import (
     Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_choice, check_common, claim_run_dir, config_from_args, make_parser, run_main, start,
+    check_common, claim_run_dir, config_from_args, make_parser, run_main, start,
 )
 from pyro_vae.autoencoders import LOSSES
 from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
 from pyro_vae.data import load_dataset
+from pyro_vae.errors import ConfigError, DataError, lookup
 from pyro_vae.likelihoods import BernoulliLikelihood
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
@@ -80,14 +81,14 @@ def build_parser():
 
 
 def check_config(cfg):
-    check_choice(cfg.model, MODELS, "model")
+    lookup(MODELS, "--model", cfg.model)
     check_common(cfg)
-    check_choice(cfg.loss, (*LOSSES, "auto"), "loss")
-    check_choice(cfg.noise, NOISES, "noise")
+    lookup((*LOSSES, "auto"), "--loss", cfg.loss)
+    lookup(NOISES, "--noise", cfg.noise)
     try:
         make_noise(cfg.noise, cfg.noise_level)
-    except ValueError as e:
-        raise ValueError(f"--noise-level: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"--noise-level: {e}") from None
     if cfg.loss == "auto":
         cfg.loss = "mse" if cfg.binarize == "none" else "bce"
     cfg.out = cfg.out or os.path.join("runs", cfg.model)
@@ -136,7 +137,7 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
                         binarize=cfg.binarize, device=device)
     if (cfg.loss == "bce" and cfg.binarize == "none"
             and not bool(BernoulliLikelihood.in_support(data.x_test).all())):
-        raise ValueError("--loss bce with --binarize none needs binary pixels, and these are grey "
+        raise DataError("--loss bce with --binarize none needs binary pixels, and these are grey "
                          "levels; use --binarize dynamic or static, or --loss mse")
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
     ae = build_autoencoder(data.image_shape, **options).to(device)

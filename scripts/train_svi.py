@@ -18,12 +18,13 @@ import torch
 
 from _cli import (
     Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_choice, check_common, check_positive, claim_run_dir, config_from_args, make_parser,
+    check_common, check_positive, claim_run_dir, config_from_args, make_parser,
     run_main, start,
 )
 from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.data import load_dataset
 from pyro_vae.encoders import ENCODERS
+from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
@@ -85,16 +86,16 @@ def build_parser():
 
 
 def check_config(cfg):
-    """Raise ValueError with a one-line message for settings no run can use."""
+    """Raise ConfigError with a one-line message for settings no run can use."""
     check_common(cfg)
     for name, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS),
                            ("posterior", ENCODERS), ("elbo", ELBOS)):
-        check_choice(getattr(cfg, name), registry, name)
+        lookup(registry, f"--{name}", getattr(cfg, name))
     check_positive(cfg, ("num_particles", "eval_samples", "eval_images"))
     if not cfg.beta > 0:
-        raise ValueError(f"--beta must be positive, got {cfg.beta}")
+        raise ConfigError(f"--beta must be positive, got {cfg.beta}")
     if cfg.kl_warmup < 0:
-        raise ValueError(f"--kl-warmup must be zero or a positive number of epochs, "
+        raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
                          f"got {cfg.kl_warmup}")
 
 

@@ -133,6 +133,30 @@ def test_malformed_flags_get_one_line_too(capsys, tmp_path, script, args, messag
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("script,args", [("train_svi", TINY_SVI), ("train_baselines", TINY)])
+def test_an_internal_value_error_is_a_bug_with_its_traceback_not_a_user_error(
+        capsys, tmp_path, monkeypatch, script, args):
+    """Only UserError becomes a one-line error: a ValueError from inside the library is a bug."""
+    module = importlib.import_module(script)
+
+    def broken(*a, **k):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(module, "load_dataset", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        call(script, *args, "--out", tmp_path / "run")
+    assert "error:" not in capsys.readouterr().err
+    # as a program: the traceback, and not the user-error exit code 2
+    argv = [str(a) for a in (*args, "--out", tmp_path / "r")]
+    program = (f"import sys; sys.path.insert(0, 'scripts'); import {script} as m\n"
+               "def broken(*a, **k): raise ValueError('an internal bug')\n"
+               f"m.load_dataset = broken; sys.exit(m.main({argv!r}))")
+    proc = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert "ValueError: an internal bug" in proc.stderr
+
+
 def test_evaluate_refuses_non_positive_sample_counts(capsys, tmp_path):
     assert_refused(capsys, "evaluate", [tmp_path, "--samples", "0"],
                    "--samples must be a positive integer, got 0", tmp_path)
