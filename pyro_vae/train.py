@@ -75,18 +75,18 @@ def kl_schedule(beta=1.0, warmup_epochs=0):
 
 
 def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, batch_size,
-                binarize, generator, start_epoch, on_epoch, progress, begin_epoch=None):
+                binarize, generator, start_epoch, on_epoch, progress, columns=None):
     """The loop shared by :func:`fit` and :func:`fit_autoencoder`.
 
-    ``batch_loss(xb, first)`` returns the loss summed over the batch (``first``: the first step of
-    this call); ``test_loss()`` the mean test loss per image; ``begin_epoch(epoch)`` may set
-    per-epoch state and returns extra columns for the epoch's row.
+    ``batch_loss(xb, epoch, first)`` returns the loss summed over the batch (``first``: the first
+    step of this call); ``test_loss()`` the mean test loss per image; ``columns(epoch)`` extra
+    columns for the epoch's row.
     """
     history = []
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
     for epoch in range(start_epoch + 1, epochs + 1):
         module.train()
-        extra = begin_epoch(epoch) if begin_epoch is not None else {}
+        extra = columns(epoch) if columns is not None else {}
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         bar = tqdm(
@@ -95,7 +95,7 @@ def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, ba
             leave=False, unit="batch",
         )
         for step, xb in enumerate(bar, 1):
-            loss = batch_loss(xb, first=not history and step == 1)  # summed over the batch
+            loss = batch_loss(xb, epoch, first=not history and step == 1)  # summed over the batch
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(epoch, step, value)
@@ -128,31 +128,25 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
     IWAE objective), ``test_loss`` (the same on ``x_test``, with KL weight 1), ``kl_weight``,
     ``seconds`` and ``images_per_second``. Returns the list of rows.
 
-    ``kl_weight(epoch)``, if given, sets ``vae.kl_scale`` for the epoch's training steps
-    (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the true -ELBO.
+    ``kl_weight(epoch)``, if given, is passed as ``kl_scale`` to model and guide in the epoch's
+    training steps (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the
+    true -ELBO.
 
     Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it.
     """
     kl_weight = kl_weight or kl_schedule()
 
-    def begin_epoch(epoch):
-        vae.kl_scale = kl_weight(epoch)
-        return {"kl_weight": vae.kl_scale}
-
-    def batch_loss(xb, first):
+    def batch_loss(xb, epoch, first):
         # Pyro's checks (shapes, supports, model/guide match) run on the first step of a
         # call; after that they cost ~10% of a small MLP's step and find nothing new.
         with pyro.validation_enabled(first):
-            return loss.differentiable_loss(vae.model, vae.guide, xb)  # -ELBO, summed
+            # -ELBO_beta, summed; Pyro passes kl_scale on to model and guide
+            return loss.differentiable_loss(vae.model, vae.guide, xb, kl_scale=kl_weight(epoch))
 
-    def test_loss():
-        vae.kl_scale = 1.0
-        return evaluate_loss(vae, loss, x_test)
-
-    return _run_epochs(vae, optimizer, batch_loss, test_loss, x_train, epochs=epochs,
-                       batch_size=batch_size, binarize=binarize, generator=generator,
-                       start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
-                       begin_epoch=begin_epoch)
+    return _run_epochs(vae, optimizer, batch_loss, lambda: evaluate_loss(vae, loss, x_test),
+                       x_train, epochs=epochs, batch_size=batch_size, binarize=binarize,
+                       generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
+                       progress=progress, columns=lambda epoch: {"kl_weight": kl_weight(epoch)})
 
 
 # The DAE's test loss uses noise from this seed, the same pixels every epoch and every run.
@@ -176,7 +170,7 @@ def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binar
     descent on its reconstruction loss, with the batches, rows and errors of :func:`fit`;
     a DAE's noise is drawn from ``generator`` for every batch."""
     return _run_epochs(
-        ae, optimizer, lambda xb, first: ae.training_loss(xb, generator),
+        ae, optimizer, lambda xb, epoch, first: ae.training_loss(xb, generator),
         lambda: evaluate_autoencoder(ae, x_test), x_train, epochs=epochs, batch_size=batch_size,
         binarize=binarize, generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
         progress=progress)

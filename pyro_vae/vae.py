@@ -9,6 +9,10 @@
 
 The VAE never asks what kind of prior, likelihood or encoder it holds: each is a module whose
 forward returns a distribution, so swapping one is one assignment (``vae.prior = MyPrior(16)``).
+
+The KL weight beta of the beta-VAE is an argument of ``model`` and ``guide`` (as Pyro's dmm
+example passes ``annealing_factor``), never state on the module: whoever does not pass it, every
+estimator of log p(x) included, gets the true model.
 """
 
 from contextlib import nullcontext
@@ -19,6 +23,11 @@ import torch
 from torch import nn
 
 __all__ = ["VAE"]
+
+
+def _scaled(kl_scale):
+    # No messenger at all at beta = 1: the common case pays nothing for the option.
+    return poutine.scale(scale=kl_scale) if kl_scale != 1.0 else nullcontext()
 
 
 class VAE(nn.Module):
@@ -36,24 +45,19 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.likelihood = likelihood
         self.prior = prior
-        # beta of the beta-VAE: scales log p(z) - log q(z|x) at site "z" in model and guide,
-        # i.e. ELBO_beta = E_q[log p(x|z)] - beta KL(q || p). 1 is the true ELBO, and the value
-        # every estimator of log p(x) must see; train.fit sets it per epoch and restores 1.
-        self.kl_scale = 1.0
 
-    def _kl_scale(self):
-        # No messenger at all at beta = 1: the common case pays nothing for the option.
-        return poutine.scale(scale=self.kl_scale) if self.kl_scale != 1.0 else nullcontext()
-
-    def model(self, x):
+    def model(self, x, kl_scale=1.0):
+        """p(z) p(x|z); ``kl_scale`` (beta) scales log p(z) at site ``"z"``."""
         with pyro.plate("data", x.shape[0]):
-            with self._kl_scale():
+            with _scaled(kl_scale):
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(z), obs=x)
 
-    def guide(self, x):
+    def guide(self, x, kl_scale=1.0):
+        """q(z|x); ``kl_scale`` (beta) scales log q(z|x) at site ``"z"``, so that
+        ELBO_beta = E_q[log p(x|z)] - beta KL(q || p). 1 is the true ELBO."""
         with pyro.plate("data", x.shape[0]):
-            with self._kl_scale():
+            with _scaled(kl_scale):
                 pyro.sample("z", self.encoder(x))
 
     # Convenience views used by plots and reports; no Pyro machinery needed.

@@ -66,10 +66,9 @@ def test_beta_scales_exactly_the_kl_part(elbo):
     loss = make_elbo(elbo, num_particles=3 if elbo == "iwae" else 1)
 
     def at(beta):
-        vae.kl_scale = beta
         pyro.set_rng_seed(7)
         with torch.no_grad():
-            return loss.differentiable_loss(vae.model, vae.guide, x).item()
+            return loss.differentiable_loss(vae.model, vae.guide, x, kl_scale=beta).item()
 
     l0, l1, l2 = at(0.5), at(1.0), at(2.0)
     if elbo == "iwae":  # logsumexp is not linear in beta; check against a hand computation
@@ -77,7 +76,6 @@ def test_beta_scales_exactly_the_kl_part(elbo):
         with pyro.plate("particles", 3, dim=-2):
             g = poutine.trace(vae.guide).get_trace(x)
             m = poutine.trace(poutine.replay(vae.model, trace=g)).get_trace(x)
-        vae.kl_scale = 1.0
         kl = (g.nodes["z"]["fn"].log_prob(g.nodes["z"]["value"])
               - m.nodes["z"]["fn"].log_prob(g.nodes["z"]["value"]))
         rec = m.nodes["x"]["fn"].log_prob(x)
@@ -95,3 +93,25 @@ def test_kl_schedule_warms_up_linearly():
     s = kl_schedule(beta=2.0, warmup_epochs=4)
     assert [s(e) for e in (1, 2, 4, 10)] == [0.5, 1.0, 2.0, 2.0]
     assert kl_schedule(0.5)(1) == 0.5
+
+
+def test_beta_is_an_argument_not_state_and_one_adds_no_messenger(monkeypatch):
+    """An interrupted fit cannot leave beta != 1 behind: the VAE holds no KL weight, and a caller
+    that does not pass one (every estimator) traces the true model."""
+    import pyro_vae.vae as vae_module
+
+    vae, x = small_vae(), tiny_images(4)
+    assert not hasattr(vae, "kl_scale")
+    for beta in (0.5, 2.0):
+        g = poutine.trace(vae.guide).get_trace(x, kl_scale=beta)
+        m = poutine.trace(poutine.replay(vae.model, trace=g)).get_trace(x, kl_scale=beta)
+        assert g.nodes["z"]["scale"] == m.nodes["z"]["scale"] == beta
+        assert m.nodes["x"]["scale"] == 1.0  # the reconstruction term is never scaled
+
+    def no_scale_messenger(*args, **kwargs):
+        raise AssertionError("beta = 1 must not build a scale messenger")
+
+    monkeypatch.setattr(vae_module.poutine, "scale", no_scale_messenger)
+    g = poutine.trace(vae.guide).get_trace(x)
+    m = poutine.trace(poutine.replay(vae.model, trace=g)).get_trace(x, kl_scale=1.0)
+    assert g.nodes["z"]["scale"] == m.nodes["z"]["scale"] == 1.0
