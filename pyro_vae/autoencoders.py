@@ -1,63 +1,55 @@
-"""Deterministic and denoising autoencoders on the VAE's own encoder/decoder networks.
+"""Deterministic and denoising autoencoders on the VAE's own encoder net and likelihood head.
 
-The autoencoder is ``z = e(x)``, ``x_hat = sigmoid(d(z))`` with the nets of :mod:`pyro_vae.nets`
-(the encoder net's output is the code itself, ``out_dim = latent_dim``; the VAE's has
-``2 * latent_dim`` for a location and a scale). It minimizes a reconstruction loss per image,
-summed over pixels, that matches the VAE's likelihood:
+The autoencoder is ``z = e(x)`` with an encoder net of :mod:`pyro_vae.nets` whose output is the
+code itself (``out_dim = latent_dim``; the VAE's has ``2 * latent_dim``, a location and a scale),
+and a likelihood of :mod:`pyro_vae.likelihoods`, the very module that is the VAE's p(x|z), decoder
+net inside. Its reconstruction loss is the negative log-likelihood of x at the single code e(x),
 
-- ``"bce"``: sum_i -[x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)], the negative log-likelihood
-  of a Bernoulli decoder with logits d(z), in nats: the VAE's reconstruction term at one z;
-- ``"mse"``: sum_i (x_i - x_hat_i)^2, for grey levels (a Gaussian decoder up to scale and constant).
+.. math:: \\ell(x) = -\\log p(x \\mid z = e(x)),
+
+the VAE's reconstruction term at one z with no KL term, so the two are trained on the same
+likelihood by construction; its reconstruction is the likelihood's mean E[x | z = e(x)]. For
+the Bernoulli likelihood the loss is the cross-entropy summed over pixels (in nats); for the
+Gaussian of fixed sigma it is the squared error, scaled and shifted:
+sum_i (x_i - mu_i)^2 / (2 sigma^2) + D log(sigma sqrt(2 pi)) for D pixels.
 
 The denoising autoencoder (Vincent et al., 2008) is the same network trained to map a corrupted
-image back to the clean one, loss(x | e(noise(x))), with noise drawn fresh for every batch.
+image back to the clean one, -log p(x | z = e(noise(x))), with noise drawn fresh for every batch.
 """
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LOSSES", "Autoencoder", "DenoisingAutoencoder", "fit_code_distribution"]
-
-LOSSES = ("bce", "mse")
+__all__ = ["Autoencoder", "DenoisingAutoencoder", "fit_code_distribution"]
 
 
 class Autoencoder(nn.Module):
     """A deterministic autoencoder.
 
     :param encoder_net: images ``(*batch, C, H, W)`` -> codes ``(*batch, latent_dim)``.
-    :param decoder_net: codes -> logits ``(*batch, C, H, W)``; the reconstruction is their sigmoid.
-    :param loss: ``"bce"`` (binary pixels) or ``"mse"`` (grey levels).
+    :param likelihood: ``likelihood(z)`` -> p(x|z), a distribution over whole images (one of
+        :data:`~pyro_vae.likelihoods.LIKELIHOODS`, its decoder net inside).
     """
 
     noise = None  # a DAE's corruption; None: the input is the target
 
-    def __init__(self, encoder_net, decoder_net, loss="bce"):
+    def __init__(self, encoder_net, likelihood):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
         self.encoder_net = encoder_net
-        self.decoder_net = decoder_net
-        self.loss_name = loss
+        self.likelihood = likelihood
 
     @property
     def latent_dim(self):
-        return self.decoder_net.net[0].in_features  # the decoder's first Linear takes z
+        return self.likelihood.decoder.net[0].in_features  # the decoder's first Linear takes z
 
     def forward(self, x):
-        """Decoder logits of the reconstruction of ``x``: ``d(e(x))``, shape of ``x``."""
-        return self.decoder_net(self.encoder_net(x))
+        """p(x' | z = e(x)): the likelihood at the code of ``x``, batch shape ``(N,)``."""
+        return self.likelihood(self.encoder_net(x))
 
     def reconstruction_loss(self, x_input, x_target):
-        """Per-image loss ``(N,)`` of reconstructing ``x_target`` from ``x_input``, summed over
-        pixels (nats for ``"bce"``, squared error for ``"mse"``)."""
-        logits = self(x_input)
-        if self.loss_name == "bce":
-            per_pixel = F.binary_cross_entropy_with_logits(logits, x_target, reduction="none")
-        else:
-            per_pixel = (torch.sigmoid(logits) - x_target) ** 2
-        return per_pixel.flatten(1).sum(-1)
+        """Per-image loss ``(N,)``: -log p(x_target | z = e(x_input)), in nats."""
+        return -self(x_input).log_prob(x_target)
 
     def training_loss(self, x, generator=None):
         """The objective summed over the batch: clean reconstruction for the AE; for the DAE,
@@ -74,8 +66,8 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z):
-        """The reconstruction sigmoid(d(z)) in [0, 1], shape ``(N, C, H, W)``."""
-        return torch.sigmoid(self.decoder_net(z))
+        """The likelihood's mean E[x | z], shape ``(*z.shape[:-1], C, H, W)``."""
+        return self.likelihood(z).mean
 
     @torch.no_grad()
     def reconstruct(self, x):
@@ -88,8 +80,8 @@ class DenoisingAutoencoder(Autoencoder):
     :param noise: a corruption ``noise(x, generator) -> x_noisy`` from :mod:`pyro_vae.noise`.
     """
 
-    def __init__(self, encoder_net, decoder_net, noise, loss="bce"):
-        super().__init__(encoder_net, decoder_net, loss)
+    def __init__(self, encoder_net, likelihood, noise):
+        super().__init__(encoder_net, likelihood)
         if noise is None:
             raise ValueError("a denoising autoencoder needs a noise model")
         self.noise = noise

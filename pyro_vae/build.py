@@ -16,6 +16,7 @@ from .priors import PRIORS
 from .vae import VAE
 
 __all__ = [
+    "AUTOENCODERS",
     "AUTOENCODER_OPTIONS",
     "VAE_OPTIONS",
     "autoencoder_from_checkpoint",
@@ -28,7 +29,15 @@ __all__ = [
 # The keyword arguments of build_vae: the part of a run's config that fixes the model.
 VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "prior", "likelihood", "posterior")
 # The keyword arguments of build_autoencoder.
-AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "loss", "noise", "noise_level")
+AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "likelihood", "noise",
+                       "noise_level")
+# The autoencoders build_autoencoder makes: deterministic, denoising.
+AUTOENCODERS = ("ae", "dae")
+
+
+def _likelihood(name, dec_net_cls, latent_dim, hidden_dim, image_shape):
+    """The named p(x|z) on an ``arch`` decoder net: the one head of a VAE and an autoencoder."""
+    return lookup(LIKELIHOODS, "likelihood", name)(dec_net_cls(latent_dim, hidden_dim, image_shape))
 
 
 def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="normal",
@@ -36,28 +45,27 @@ def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="
     """A :class:`VAE` with ``arch`` encoder/decoder nets and the named components."""
     enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
     encoder_cls = lookup(ENCODERS, "posterior", posterior)
-    likelihood_cls = lookup(LIKELIHOODS, "likelihood", likelihood)
     prior_cls = lookup(PRIORS, "prior", prior)
     encoder = encoder_cls(
         enc_net_cls(image_shape, hidden_dim, encoder_cls.out_dim(latent_dim)), latent_dim
     )
-    lik = likelihood_cls(dec_net_cls(latent_dim, hidden_dim, image_shape))
+    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape)
     prior_module = prior_cls.build(latent_dim, encoder=encoder, image_shape=tuple(image_shape))
     return VAE(encoder, lik, prior_module)
 
 
 def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hidden_dim=400,
-                      loss="bce", noise="gaussian", noise_level=0.5):
+                      likelihood="bernoulli", noise="gaussian", noise_level=0.5):
     """An :class:`Autoencoder` (``model="ae"``) or :class:`DenoisingAutoencoder` (``"dae"``, with
-    the named noise at ``noise_level``) on the ``arch`` nets; the encoder net outputs the code."""
+    the named noise at ``noise_level``) on the ``arch`` nets and the named likelihood head, as
+    :func:`build_vae` builds them; the encoder net outputs the code."""
+    lookup(AUTOENCODERS, "autoencoder", model)
     enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
     enc = enc_net_cls(image_shape, hidden_dim, latent_dim)
-    dec = dec_net_cls(latent_dim, hidden_dim, image_shape)
-    if model == "ae":
-        return Autoencoder(enc, dec, loss)
+    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape)
     if model == "dae":
-        return DenoisingAutoencoder(enc, dec, make_noise(noise, noise_level), loss)
-    raise ValueError(f"unknown autoencoder {model!r}; choose one of: ae, dae")
+        return DenoisingAutoencoder(enc, lik, make_noise(noise, noise_level))
+    return Autoencoder(enc, lik)
 
 
 def _load_strictly(module, state, options):
@@ -85,7 +93,7 @@ def vae_from_checkpoint(state, image_shape):
 
 def autoencoder_from_checkpoint(state, image_shape):
     """Rebuild the AE or DAE of a ``scripts/train_baselines.py`` checkpoint and load its weights."""
-    if state["config"].get("model") not in ("ae", "dae"):
+    if state["config"].get("model") not in AUTOENCODERS:
         raise CheckpointError("the checkpoint holds a VAE, not an autoencoder; use a run of "
                               "scripts/train_baselines.py")
     options = {k: state["config"][k] for k in AUTOENCODER_OPTIONS if k in state["config"]}

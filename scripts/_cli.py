@@ -103,6 +103,15 @@ def check_common(cfg):
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
 
 
+def check_support(likelihood, data, binarize):
+    """Refuse data outside ``likelihood``'s support before any training (DataError naming the
+    likelihood and what to do): the test set, and the training set unless it is binarized
+    afresh for every batch."""
+    likelihood.check_data(data.x_test, "test set")
+    if binarize != "dynamic":
+        likelihood.check_data(data.x_train, "training set")
+
+
 def config_from_args(config_cls, args, model, script):
     """The run's config and, with ``--resume``, its checkpoint state. A resumed run keeps its
     saved settings except ``epochs``, ``device`` and where its data are read from."""

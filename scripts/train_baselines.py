@@ -1,13 +1,14 @@
-"""Train a deterministic (ae) or denoising (dae) autoencoder on the VAE's networks; write a run directory.
+"""Train a deterministic (ae) or denoising (dae) autoencoder on the VAE's networks and likelihood; write a run directory.
 
     python scripts/train_baselines.py --model ae                        # runs/ae
     python scripts/train_baselines.py --model dae --noise salt-pepper --noise-level 0.3
     python scripts/train_baselines.py --model ae --arch conv --epochs 20 --out runs/conv-ae
 
-The flags shared with train_svi.py mean the same there and here (data, networks, epochs, batch
-size, learning rate, seed, run directory, --resume). The run directory receives config.json,
+The flags shared with train_svi.py mean the same there and here (data, networks, likelihood,
+epochs, batch size, learning rate, seed, run directory, --resume); the loss is the VAE's
+reconstruction term at the code z = e(x), -log p(x | z = e(x)). The run directory receives config.json,
 metrics.csv / metrics.json, checkpoint_last.pt / checkpoint_best.pt, summary.json (test
-reconstruction error; for a DAE, PSNR of noisy and denoised test images) and PNG figures: loss
+-log p(x | z = e(x)) and PSNR; for a DAE, PSNR of noisy and denoised test images) and PNG figures: loss
 curves, reconstructions, decoded random codes z ~ N(0, I), the latent space, and for a DAE noisy /
 clean / denoised test images.
 """
@@ -21,13 +22,12 @@ import torch
 
 from _cli import (
     Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_common, claim_run_dir, config_from_args, make_parser, run_main, start,
+    check_common, check_support, claim_run_dir, config_from_args, make_parser, run_main, start,
 )
-from pyro_vae.autoencoders import LOSSES
 from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
 from pyro_vae.data import load_dataset
-from pyro_vae.errors import ConfigError, DataError, lookup
-from pyro_vae.likelihoods import BernoulliLikelihood
+from pyro_vae.errors import ConfigError, lookup
+from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.runs import Recorder, resolve_device, write_json
@@ -47,7 +47,8 @@ class Config:
     arch: str = "mlp"  # encoder/decoder networks, from pyro_vae.nets.NETS
     latent_dim: int = 50  # size of the code z
     hidden_dim: int = 400  # width of the hidden layer(s)
-    loss: str = "auto"  # bce | mse; auto: bce for binarized data, mse for grey levels
+    likelihood: str = "auto"  # p(x|z) of the decoder, from LIKELIHOODS; auto: bernoulli for
+    # binarized data, gaussian (fixed sigma 0.1: squared error, scaled) for grey levels
     noise: str = "gaussian"  # the DAE's corruption, from pyro_vae.noise.NOISES
     noise_level: float = 0.5  # sigma for gaussian, p for salt-pepper and mask
     epochs: int = 100  # passes over the training set
@@ -66,9 +67,10 @@ def build_parser():
     g.add_argument("--model", default=d.model, help="ae (deterministic) or dae (denoising) "
                    "(default: %(default)s)")
     add_net_args(g, d)
-    g.add_argument("--loss", default=d.loss, help="reconstruction loss: bce (cross-entropy, "
-                   "binary data), mse (squared error), or auto: bce unless --binarize none "
-                   "(default: %(default)s)")
+    g.add_argument("--likelihood", default=d.likelihood,
+                   help=f"p(x|z), as for the VAE: {', '.join(LIKELIHOODS)}; the loss is "
+                   "-log p(x | z = e(x)). auto: bernoulli (cross-entropy), or gaussian (squared "
+                   "error / 0.02 + const) with --binarize none (default: %(default)s)")
     g.add_argument("--noise", default=d.noise, help=f"the DAE's corruption: {', '.join(NOISES)} "
                    "(default: %(default)s)")
     g.add_argument("--noise-level", type=float, default=d.noise_level,
@@ -83,21 +85,21 @@ def build_parser():
 def check_config(cfg):
     lookup(MODELS, "--model", cfg.model)
     check_common(cfg)
-    lookup((*LOSSES, "auto"), "--loss", cfg.loss)
+    lookup(("auto", *LIKELIHOODS), "--likelihood", cfg.likelihood)
     lookup(NOISES, "--noise", cfg.noise)
     try:
         make_noise(cfg.noise, cfg.noise_level)
     except ConfigError as e:
         raise ConfigError(f"--noise-level: {e}") from None
-    if cfg.loss == "auto":
-        cfg.loss = "mse" if cfg.binarize == "none" else "bce"
+    if cfg.likelihood == "auto":
+        cfg.likelihood = "gaussian" if cfg.binarize == "none" else "bernoulli"
     cfg.out = cfg.out or os.path.join("runs", cfg.model)
 
 
 def write_figures(ae, data, history, cfg, device):
     out = cfg.out
     plot_curves(history, os.path.join(out, "loss_curves.png"),
-                ylabel=f"{cfg.loss} per image", title=f"{cfg.model.upper()} training curves")
+                ylabel=f"-log p(x | z = e(x)), {cfg.likelihood} (nats per image)", title=f"{cfg.model.upper()} training curves")
     x = data.x_test[:10]
     plot_image_rows([x, ae.reconstruct(x)], ["test image", "reconstruction"],
                     os.path.join(out, "reconstructions.png"), "Test images and reconstructions")
@@ -119,7 +121,7 @@ def summarize(ae, data, cfg, device):
     x = data.x_test
     rec = torch.cat([ae.reconstruct(xb) for xb in x.split(1000)])
     losses = torch.cat([ae.reconstruction_loss(xb, xb) for xb in x.split(1000)])
-    summary = {"test_reconstruction_loss": float(losses.mean()), "loss": cfg.loss,
+    summary = {"test_reconstruction_loss": float(losses.mean()), "likelihood": cfg.likelihood,
                "test_mse_per_pixel": float((rec - x).square().mean()),
                "test_psnr_clean": float(psnr(rec, x).mean()), "dataset_source": data.source}
     if ae.noise is not None:
@@ -135,18 +137,15 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
-    if (cfg.loss == "bce" and cfg.binarize == "none"
-            and not bool(BernoulliLikelihood.in_support(data.x_test).all())):
-        raise DataError("--loss bce with --binarize none needs binary pixels, and these are grey "
-                         "levels; use --binarize dynamic or static, or --loss mse")
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
     ae = build_autoencoder(data.image_shape, **options).to(device)
+    check_support(ae.likelihood, data, cfg.binarize)
     claim_run_dir(cfg, resume=resume_state is not None, overwrite=overwrite)
 
     optimizer = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     recorder = Recorder(cfg.out, ae, optimizer, dataclasses.asdict(cfg), generator,
-                        epochs=cfg.epochs, loss_label=cfg.loss)
+                        epochs=cfg.epochs, loss_label="-log p(x|z)")
     start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
     write_json(dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
     what = f"{cfg.model.upper()}" + (f" with {ae.noise!r}" if ae.noise is not None else "")
@@ -164,8 +163,9 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     summary["epochs"] = len(recorder.history)
     write_json(summary, os.path.join(cfg.out, "summary.json"))
     write_figures(ae, data, recorder.history, cfg, device)
-    line = (f"[{PROG}] test reconstruction {cfg.loss} {summary['test_reconstruction_loss']:.2f} "
-            f"per image, PSNR {summary['test_psnr_clean']:.1f} dB")
+    line = (f"[{PROG}] test -log p(x | z = e(x)), {cfg.likelihood}: "
+            f"{summary['test_reconstruction_loss']:.2f} nats per image, "
+            f"PSNR {summary['test_psnr_clean']:.1f} dB")
     if ae.noise is not None:
         line += (f"; denoising {summary['test_psnr_noisy']:.1f} dB (noisy) -> "
                  f"{summary['test_psnr_denoised']:.1f} dB")

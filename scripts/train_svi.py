@@ -18,7 +18,7 @@ import torch
 
 from _cli import (
     Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_common, check_positive, claim_run_dir, config_from_args, make_parser,
+    check_common, check_positive, check_support, claim_run_dir, config_from_args, make_parser,
     run_main, start,
 )
 from pyro_vae.build import VAE_OPTIONS, build_vae
@@ -118,10 +118,7 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
     vae = build_vae(data.image_shape, **{k: getattr(cfg, k) for k in VAE_OPTIONS}).to(device)
-    # Refuse data outside the likelihood's support before any training.
-    vae.likelihood.check_data(data.x_test, "test set")
-    if cfg.binarize != "dynamic":
-        vae.likelihood.check_data(data.x_train, "training set")
+    check_support(vae.likelihood, data, cfg.binarize)
     claim_run_dir(cfg, resume=resume_state is not None, overwrite=overwrite)
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)

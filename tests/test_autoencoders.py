@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.autoencoders import Autoencoder, DenoisingAutoencoder, fit_code_distribution
+from pyro_vae.autoencoders import DenoisingAutoencoder, fit_code_distribution
 from pyro_vae.build import build_autoencoder
+from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, GaussianNoise, MaskingNoise, SaltAndPepperNoise, make_noise, psnr
 from pyro_vae.train import NonFiniteLossError, evaluate_autoencoder, fit_autoencoder
 
@@ -80,24 +81,42 @@ def test_psnr_matches_its_definition():
     assert psnr(est, clean).tolist() == pytest.approx([20.0, 10 * math.log10(16)], abs=1e-4)
 
 
-def test_ae_losses_are_cross_entropy_and_squared_error_summed_over_pixels():
+@pytest.mark.parametrize("likelihood", list(LIKELIHOODS))
+def test_ae_loss_is_the_negative_log_likelihood_of_its_head_at_the_code(likelihood):
+    x = tiny_images(5, binary=False).clamp(0.01, 0.99)  # in every likelihood's support
+    ae = build_autoencoder((1, 28, 28), model="ae", latent_dim=3, hidden_dim=16,
+                           likelihood=likelihood)
+    p = ae.likelihood(ae.encoder_net(x))  # p(x | z = e(x)), the VAE's head at one code
+    got = ae.reconstruction_loss(x, x)
+    assert got.shape == (5,)
+    torch.testing.assert_close(got, -p.log_prob(x))
+    torch.testing.assert_close(ae.training_loss(x), got.sum())
+    torch.testing.assert_close(ae.reconstruct(x), p.mean)  # decode = the likelihood's mean
+    got.sum().backward()  # the likelihood's own parameters (learned scales) are trained too
+    assert all(q.grad is not None for q in ae.parameters())
+
+
+def test_ae_losses_are_cross_entropy_and_scaled_squared_error_summed_over_pixels():
     x = tiny_images(5)
-    for loss in ("bce", "mse"):
-        ae = build_autoencoder((1, 28, 28), model="ae", latent_dim=3, hidden_dim=16, loss=loss)
-        logits = ae(x)
-        if loss == "bce":
-            expected = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        else:
-            expected = (torch.sigmoid(logits) - x) ** 2
+    for likelihood in ("bernoulli", "gaussian"):
+        ae = build_autoencoder((1, 28, 28), model="ae", latent_dim=3, hidden_dim=16,
+                               likelihood=likelihood)
+        out = ae.likelihood.decoder(ae.encode(x))  # logits, or the Gaussian's mean
+        if likelihood == "bernoulli":
+            expected = F.binary_cross_entropy_with_logits(out, x, reduction="none")
+            mean = torch.sigmoid(out)
+        else:  # -log N(x; mu, 0.1^2) = (x - mu)^2 / (2 * 0.01) + log(0.1 sqrt(2 pi))
+            expected = (out - x) ** 2 / (2 * 0.1**2) + math.log(0.1 * math.sqrt(2 * math.pi))
+            mean = out
         got = ae.reconstruction_loss(x, x)
         assert got.shape == (5,)
         assert torch.allclose(got, expected.sum((1, 2, 3)), rtol=1e-5)
         assert torch.allclose(ae.training_loss(x), got.sum(), rtol=1e-5)
-        assert torch.allclose(ae.reconstruct(x), torch.sigmoid(logits), atol=1e-6)
-    with pytest.raises(ValueError, match="unknown loss 'l1'"):
-        Autoencoder(ae.encoder_net, ae.decoder_net, loss="l1")
+        assert torch.allclose(ae.reconstruct(x), mean, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown likelihood 'l1'; choose one of: bernoulli"):
+        build_autoencoder((1, 28, 28), likelihood="l1")
     with pytest.raises(ValueError, match="needs a noise model"):
-        DenoisingAutoencoder(ae.encoder_net, ae.decoder_net, noise=None)
+        DenoisingAutoencoder(ae.encoder_net, ae.likelihood, noise=None)
 
 
 def test_dae_trains_on_corrupted_inputs_with_clean_targets():
@@ -117,9 +136,10 @@ def test_same_networks_as_the_vae():
         ae = build_autoencoder((1, 28, 28), arch=arch, latent_dim=8, hidden_dim=32)
         vae = build_vae((1, 28, 28), arch=arch, latent_dim=8, hidden_dim=32)
         assert type(ae.encoder_net) is type(vae.encoder.net)
-        assert type(ae.decoder_net) is type(vae.likelihood.decoder)
+        assert type(ae.likelihood) is type(vae.likelihood)  # one likelihood by construction
+        assert type(ae.likelihood.decoder) is type(vae.likelihood.decoder)
         # same decoder exactly; the VAE's encoder has a second head of latent_dim outputs
-        assert ae.decoder_net.state_dict().keys() == vae.likelihood.decoder.state_dict().keys()
+        assert ae.likelihood.state_dict().keys() == vae.likelihood.state_dict().keys()
         n_ae = sum(p.numel() for p in ae.encoder_net.parameters())
         n_vae = sum(p.numel() for p in vae.encoder.net.parameters())
         assert n_vae - n_ae == 8 * (32 + 1)
@@ -171,7 +191,7 @@ def test_dae_beats_the_ae_on_noisy_inputs(mnist_offline):
 def test_fit_autoencoder_stops_on_a_non_finite_loss(mnist_offline):
     ae = build_autoencoder((1, 28, 28), latent_dim=4, hidden_dim=16)
     with torch.no_grad():
-        ae.decoder_net.net[0].weight.fill_(float("nan"))
+        ae.likelihood.decoder.net[0].weight.fill_(float("nan"))
     weights = {k: v.clone() for k, v in ae.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):
         _train(ae, mnist_offline, epochs=1)

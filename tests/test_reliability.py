@@ -89,7 +89,7 @@ NAME_ROWS = [
     ("train_svi", ["--device", "tpu"], "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
     ("train_baselines", ["--model", "vae"], "unknown --model 'vae'; choose one of: ae, dae"),
     ("train_baselines", ["--noise", "blur"], "unknown --noise 'blur'; choose one of: gaussian, salt-pepper, mask"),
-    ("train_baselines", ["--loss", "l1"], "unknown --loss 'l1'; choose one of: bce, mse, auto"),
+    ("train_baselines", ["--likelihood", "poisson"], "unknown --likelihood 'poisson'; choose one of: auto, bernoulli, continuous-bernoulli,"),
     ("compare", ["--arch", "resnet"], "unknown --arch 'resnet'; choose one of: mlp, conv"),
 ]
 
@@ -481,9 +481,11 @@ def test_cross_entropy_on_grey_levels_is_refused_by_the_baselines(capsys, tmp_pa
     grey = digits(40).astype(np.float32) / 255
     path = save_npz(tmp_path / "grey.npz", x_train=grey, x_test=grey[:10])
     assert_refused(capsys, "train_baselines", [*TINY, "--dataset", path, "--binarize", "none",
-                                               "--loss", "bce", "--out", tmp_path / "r"],
-                   "--loss bce with --binarize none needs binary pixels", tmp_path)
-    # --loss auto picks squared error for grey levels, and trains
+                                               "--likelihood", "bernoulli", "--out", tmp_path / "r"],
+                   "the bernoulli likelihood needs binary pixels (0 or 1), which the test set is "
+                   "not; use --binarize dynamic or static, or a likelihood for grey levels",
+                   tmp_path)
+    # --likelihood auto picks the Gaussian (squared error) for grey levels, and trains
     assert call("train_baselines", *TINY, "--dataset", path, "--binarize", "none",
                 "--out", tmp_path / "r") == 0
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["loss"] == "mse"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["likelihood"] == "gaussian"

@@ -191,7 +191,7 @@ def test_train_baselines_writes_every_output(baseline_runs, model):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "denoising.png").exists() == (model == "dae")
     config = json.loads((out / "config.json").read_text())
-    assert (config["model"], config["arch"], config["loss"]) == (model, "conv", "bce")
+    assert (config["model"], config["arch"], config["likelihood"]) == (model, "conv", "bernoulli")
     metrics = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics] == [1, 2]
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
