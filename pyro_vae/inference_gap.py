@@ -1,0 +1,170 @@
+"""Where an ELBO loses: the approximation gap and the amortization gap (Cremer, Li & Duvenaud 2018).
+
+For an image x, a guide q(z|x) (the encoder) and a variational family Q:
+
+.. math::
+
+    \\log p(x) - \\mathrm{ELBO}[q] =
+    \\underbrace{\\log p(x) - \\mathrm{ELBO}[q^*]}_{\\text{approximation gap}}
+    + \\underbrace{\\mathrm{ELBO}[q^*] - \\mathrm{ELBO}[q]}_{\\text{amortization gap}},
+    \\qquad q^* = \\arg\\max_{q' \\in Q} \\mathrm{ELBO}[q'].
+
+The approximation gap is what the family costs, KL(q* || p(z|x)); the amortization gap is what
+sharing one encoder across all images costs. Here Q is the diagonal Gaussian family on every
+latent site in unconstrained space (z = biject_to(support)(u), u ~ N(m, diag(s^2))), fitted to
+each image alone: a local Pyro guide with parameters per image, initialised at the guide's
+output (mean and standard deviation of its draws in u), trained by SVI with ``Trace_ELBO`` on all
+images at once, and stopped when no image's ELBO has improved for ``patience`` checks. log p(x)
+comes from AIS (:func:`~pyro_vae.ais.ais_log_likelihood`).
+"""
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.transforms import ReshapeTransform
+from pyro.infer import Trace_ELBO
+from tqdm import tqdm
+
+from .ais import _Target, ais_log_likelihood
+from .estimators import elbo
+
+__all__ = ["InferenceGap", "LocalGaussianGuide", "fit_local_guide", "inference_gap"]
+
+
+@dataclass
+class InferenceGap:
+    """Per-image ``(N,)`` log p(x) (AIS), the amortized guide's ELBO and the fitted local
+    Gaussians' ELBO, in nats; ``steps`` is the number of SVI steps the local fit took."""
+
+    log_px: torch.Tensor
+    elbo_amortized: torch.Tensor
+    elbo_optimal: torch.Tensor
+    steps: int
+
+    @property
+    def approximation_gap(self):
+        """log p(x) - ELBO[q*]: the cost of the variational family."""
+        return self.log_px - self.elbo_optimal
+
+    @property
+    def amortization_gap(self):
+        """ELBO[q*] - ELBO[q]: the cost of one encoder for all images."""
+        return self.elbo_optimal - self.elbo_amortized
+
+    def summary(self):
+        """A JSON-able dict of means over images."""
+        out = {name: getattr(self, name).mean().item() for name in (
+            "log_px", "elbo_amortized", "elbo_optimal", "approximation_gap", "amortization_gap")}
+        out.update(num_images=self.log_px.numel(), steps=self.steps)
+        return out
+
+
+class LocalGaussianGuide:
+    """A Pyro guide with its own diagonal Gaussian per image, in unconstrained space.
+
+    ``loc`` and ``log_scale`` are ``(N, D)`` leaf tensors over the latent sites' unconstrained
+    values, concatenated in the model's order; site s gets
+    ``TransformedDistribution(Normal(loc_s, scale_s), [reshape, biject_to(support_s)])``.
+    """
+
+    def __init__(self, target, loc, log_scale, data_plate, plate_dim):
+        self.target, self.data_plate, self.plate_dim = target, data_plate, plate_dim
+        self.loc = loc.detach().clone().requires_grad_()
+        self.log_scale = log_scale.detach().clone().requires_grad_()
+
+    def __call__(self, x, **kwargs):
+        t, offset = self.target, 0
+        scale = self.log_scale.exp()
+        with pyro.plate(self.data_plate, x.shape[0], dim=self.plate_dim):
+            for s in t.sites:
+                sl = slice(offset, offset + t.sizes[s])
+                offset += t.sizes[s]
+                base = dist.Normal(self.loc[:, sl], scale[:, sl]).to_event(1)
+                shape = t.shapes[s]
+                reshape = [ReshapeTransform((t.sizes[s],), shape)] if shape != (t.sizes[s],) else []
+                pyro.sample(s, dist.TransformedDistribution(base, reshape + [t.transforms[s]]))
+
+
+def fit_local_guide(model, guide, x, *, num_particles=100, lr=3e-3, check_every=100,
+                    patience=10, min_improvement=0.01, max_steps=20000, init_samples=1000,
+                    progress=False, data_plate="data", max_plate_nesting=1, **kwargs):
+    """Fit a :class:`LocalGaussianGuide` to the images ``x`` by SVI (Adam on -ELBO, summed over
+    images, ``num_particles`` vectorized particles), starting from ``guide``'s draws.
+
+    Every ``check_every`` steps each image's ELBO is estimated with ``num_particles`` fresh
+    draws, and the image's best parameters so far are kept; the fit stops once the best mean
+    ELBO has not risen by ``min_improvement`` nats for ``patience`` checks (or at
+    ``max_steps``). Returns ``(local_guide, steps)``, the guide holding each image's best.
+    """
+    target = _Target(model, guide, x, init_samples, "guide", kwargs, data_plate,
+                     max_plate_nesting)
+    u = target.initial()  # (init_samples, N, D)
+    local = LocalGaussianGuide(target, u.mean(0), u.std(0).clamp_min(1e-4).log(), data_plate,
+                               target.data_dim)
+    loss_fn = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
+                         max_plate_nesting=max_plate_nesting)
+    optimizer = torch.optim.Adam([local.loc, local.log_scale], lr=lr)
+    # Checks use the same standard-normal draws every time (common random numbers), so that an
+    # image's best parameters are picked by its ELBO, not by the luck of one check's draws.
+    scorer = _Target(model, guide, x, num_particles, "prior", kwargs, data_plate,
+                     max_plate_nesting)
+    noise = torch.randn(num_particles, *u.shape[1:], dtype=u.dtype, device=u.device)
+
+    @torch.no_grad()
+    def check():
+        scale = local.log_scale.exp()
+        v = local.loc + scale * noise  # (K, N, D)
+        log_prior_jac, log_lik = scorer.evaluate(v, grad=False)[:2]
+        log_q = dist.Normal(local.loc, scale).log_prob(v).sum(-1)
+        return (log_prior_jac + log_lik - log_q).mean(0)  # (N,) ELBO in u-space
+
+    best = check()
+    best_loc, best_log_scale = local.loc.detach().clone(), local.log_scale.detach().clone()
+    best_mean, stale, step = best.mean().item(), 0, 0
+    bar = tqdm(total=max_steps, desc="local q*", unit="step", disable=not progress, leave=False)
+    with pyro.validation_enabled(False):
+        while step < max_steps and stale < patience:
+            for _ in range(min(check_every, max_steps - step)):
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn.differentiable_loss(model, local, x, **kwargs).backward()
+                optimizer.step()
+                step += 1
+            bar.update(min(check_every, bar.total - bar.n))
+            current = check()
+            better = current > best
+            best = torch.where(better, current, best)
+            best_loc[better] = local.loc.detach()[better]
+            best_log_scale[better] = local.log_scale.detach()[better]
+            stale = 0 if best.mean().item() > best_mean + min_improvement else stale + 1
+            best_mean = max(best_mean, best.mean().item())
+            bar.set_postfix(elbo=f"{best_mean:.2f}")
+    bar.close()
+    return LocalGaussianGuide(target, best_loc, best_log_scale, data_plate, target.data_dim), step
+
+
+def inference_gap(model, guide, x, *, log_px=None, num_steps=500, num_chains=16,
+                  num_leapfrog=10, elbo_samples=1000, batch_size=100, progress=False,
+                  data_plate="data", max_plate_nesting=1, fit_options=None, **kwargs):
+    """The inference-gap split of each image of ``x``: log p(x) by AIS (or ``log_px``, if already
+    known), the guide's ELBO and the best local diagonal Gaussian's ELBO, each ELBO estimated
+    with ``elbo_samples`` draws. ``fit_options`` go to :func:`fit_local_guide`; images are
+    fitted ``batch_size`` at a time. Returns an :class:`InferenceGap`.
+    """
+    kw = dict(data_plate=data_plate, max_plate_nesting=max_plate_nesting, **kwargs)
+    if log_px is None:
+        log_px = ais_log_likelihood(model, guide, x, num_steps=num_steps,
+                                    num_chains=num_chains, num_leapfrog=num_leapfrog,
+                                    progress=progress, **kw).per_image
+    amortized = elbo(model, guide, x, elbo_samples, **kw).per_image
+    optimal, steps = [], 0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        local, n = fit_local_guide(model, guide, xb, progress=progress,
+                                   **(fit_options or {}), **kw)
+        optimal.append(elbo(model, local, xb, elbo_samples, **kw).per_image)
+        steps = max(steps, n)
+    return InferenceGap(torch.as_tensor(log_px).to(amortized.dtype), amortized,
+                        torch.cat(optimal), steps)

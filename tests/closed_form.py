@@ -1,0 +1,91 @@
+"""Models whose log p(x) and posterior are known exactly, for the estimator tests.
+
+LinearGaussian: z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I_D)  =>  x ~ N(b, W W^T + s^2 I_D); the
+posterior is N(mu, Sigma), Sigma = (I + W^T W / s^2)^{-1}, mu = Sigma W^T (x - b) / s^2.
+
+GammaPoisson: rate r ~ Gamma(a, b), counts x_i | r ~ Poisson(r), i = 1..D  =>  the posterior is
+Gamma(a + sum x, b + D) and
+log p(x) = a log b - log Gamma(a) + log Gamma(a + sum x) - (a + sum x) log(b + D) - sum log x_i!.
+"""
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+
+class LinearGaussian:
+    def __init__(self, latent=2, dim=5, noise=0.7, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.latent, self.dim, self.noise = latent, dim, noise
+        self.W = torch.randn(dim, latent, generator=g, dtype=torch.float64)
+        self.b = torch.randn(dim, generator=g, dtype=torch.float64)
+        self.precision = torch.eye(latent, dtype=torch.float64) + self.W.T @ self.W / noise**2
+        self.Sigma = torch.linalg.inv(self.precision)
+
+    def exact_log_px(self, x):
+        cov = self.W @ self.W.T + self.noise**2 * torch.eye(self.dim, dtype=torch.float64)
+        return dist.MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
+
+    def posterior_mean(self, x):
+        return (x - self.b) @ self.W @ self.Sigma.T / self.noise**2  # (N, latent)
+
+    def best_diagonal_elbo(self, x):
+        """ELBO of the best diagonal Gaussian q*: the posterior mean, variances
+        1 / diag(precision); ELBO[q*] = log p(x) - KL(q* || posterior), and
+        KL = (sum_i log Lambda_ii - log det Lambda) / 2."""
+        kl = 0.5 * (self.precision.diagonal().log().sum() - torch.logdet(self.precision))
+        return self.exact_log_px(x) - kl
+
+    def model(self, x, kl_scale=1.0):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent, dtype=x.dtype), 1.0)
+                            .to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.noise).to_event(1), obs=x)
+
+    def exact_guide(self, x, kl_scale=1.0):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(self.posterior_mean(x),
+                                                     covariance_matrix=self.Sigma))
+
+    def poor_guide(self, x, kl_scale=1.0):
+        # right mean direction, shrunk; too wide, diagonal: an imperfect but safe proposal
+        scale = 1.5 * self.Sigma.diagonal().sqrt()
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.8 * self.posterior_mean(x), scale).to_event(1))
+
+    def data(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.latent, generator=g, dtype=torch.float64)
+        eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        return z @ self.W.T + self.b + self.noise * eps
+
+
+class GammaPoisson:
+    """A positive latent (a Poisson rate) with a LogNormal guide of the wrong width."""
+
+    def __init__(self, a=2.0, b=0.5, dim=6):
+        self.a, self.b, self.dim = a, b, dim
+
+    def exact_log_px(self, x):
+        s, a, b, d = x.sum(-1), self.a, self.b, self.dim
+        return (a * torch.log(torch.tensor(b, dtype=x.dtype)) - torch.lgamma(torch.tensor(a))
+                + torch.lgamma(a + s) - (a + s) * torch.log(torch.tensor(b + d, dtype=x.dtype))
+                - torch.lgamma(x + 1).sum(-1))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            rate = pyro.sample("rate", dist.Gamma(torch.tensor(self.a, dtype=x.dtype), self.b))
+            pyro.sample("x", dist.Poisson(rate.unsqueeze(-1).expand(rate.shape + (self.dim,)))
+                        .to_event(1), obs=x)
+
+    def guide(self, x):
+        # log-rate off the posterior's centre and too narrow: importance sampling suffers
+        mean = (self.a + x.sum(-1)) / (self.b + self.dim)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.LogNormal(mean.log() + 0.2, 0.15))
+
+    def data(self, n, seed=1):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            rate = dist.Gamma(torch.tensor(self.a, dtype=torch.float64), self.b).sample((n,))
+            return dist.Poisson(rate[:, None].expand(n, self.dim)).sample()
