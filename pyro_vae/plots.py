@@ -1,15 +1,17 @@
-"""Matplotlib figures of a run: curves, image grids, latent scatter. Each function writes a PNG.
+"""Matplotlib figures of a run: curves, image grids, latent scatter, bounds, diagnostics.
+
+Each function draws and returns a :class:`matplotlib.figure.Figure`; saving it, and choosing a
+backend, is the caller's business (the scripts write PNGs, a notebook shows the figure it gets
+back). Figures are made with ``Figure()``, not pyplot, so that nothing here needs a backend or
+keeps figures alive; a function that draws one panel also accepts ``ax=`` (e.g. one panel of a
+notebook's ``plt.subplots``) and then returns that panel's figure.
 
 Images are tensors ``(N, C, H, W)`` in [0, 1]; the grids are drawn with ``torchvision.utils``.
 """
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display is needed or wanted
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 __all__ = [
     "plot_bound_curve",
@@ -23,10 +25,12 @@ __all__ = [
 ]
 
 
-def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _axes(ax, figsize):
+    """``(figure, ax)``: the given panel and its figure, or a new figure of one panel."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="tight")
+    return fig, fig.subplots()
 
 
 def _grid(images, nrow):
@@ -35,10 +39,10 @@ def _grid(images, nrow):
     return grid.permute(1, 2, 0).numpy()
 
 
-def plot_curves(history, path, keys=("train_loss", "test_loss"), ylabel="-ELBO (nats per image)",
-                title="Training curves"):
+def plot_curves(history, keys=("train_loss", "test_loss"), ylabel="-ELBO (nats per image)",
+                title="Training curves", ax=None):
     """One line per key of the per-epoch ``history`` rows, against the epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes(ax, (6, 4))
     epochs = [row["epoch"] for row in history]
     for key in keys:
         ax.plot(epochs, [row[key] for row in history], marker="o", label=key.replace("_", " "))
@@ -47,32 +51,33 @@ def plot_curves(history, path, keys=("train_loss", "test_loss"), ylabel="-ELBO (
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    return fig
 
 
-def plot_image_grid(images, path, title, nrow=10):
-    """A grid of images with a title."""
-    fig, ax = plt.subplots(figsize=(nrow * 0.6 + 1, (len(images) + nrow - 1) // nrow * 0.6 + 1))
+def plot_image_grid(images, title="", nrow=10, ax=None):
+    """A grid of images, ``nrow`` to a row, with a title."""
+    fig, ax = _axes(ax, (nrow * 0.6 + 1, (len(images) + nrow - 1) // nrow * 0.6 + 1))
     ax.imshow(_grid(images, nrow), cmap="gray", interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    _save(fig, path)
+    return fig
 
 
-def plot_image_rows(rows, labels, path, title):
+def plot_image_rows(rows, labels, title=""):
     """Equal-length batches of images shown as labelled rows (e.g. originals over reconstructions)."""
     n = len(rows[0])
-    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.6 + 1.5, len(rows) * 0.8 + 0.6))
+    fig = Figure(figsize=(n * 0.6 + 1.5, len(rows) * 0.8 + 0.6), layout="tight")
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     for ax, images, label in zip(axes, rows, labels):
         ax.imshow(_grid(images, n), cmap="gray", interpolation="nearest")
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].set_title(title)
-    _save(fig, path)
+    return fig
 
 
-def plot_latents(codes, labels, path, title="Test latent means"):
+def plot_latents(codes, labels, title="Test latent means", ax=None):
     """Scatter of codes ``(N, D)`` coloured by label; for D > 2, the first two principal axes."""
     codes = codes.detach().cpu().float()
     if codes.shape[1] > 2:
@@ -84,23 +89,25 @@ def plot_latents(codes, labels, path, title="Test latent means"):
     else:
         xy = codes if codes.shape[1] == 2 else torch.cat([codes, torch.zeros_like(codes)], 1)
         axis = ["z1", "z2"]
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = _axes(ax, (6, 5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.cpu(), cmap="tab10", s=6, alpha=0.8)
     fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
     ax.set_xlabel(axis[0])
     ax.set_ylabel(axis[1])
     ax.set_title(title)
-    _save(fig, path)
+    return fig
 
 
-def plot_bound_curve(curve, path, exact=None, title="Importance-weighted bounds"):
+def plot_bound_curve(curve, exact=None, title="Importance-weighted bounds",
+                     label="mean IWAE$_K$ (K=1: ELBO)", ax=None):
     """Mean IWAE_K against K (log axis), with standard errors over images; ``curve`` maps K to an
-    :class:`~pyro_vae.estimators.Estimate`. K = 1 is the ELBO. ``exact``: a reference line."""
+    :class:`~pyro_vae.estimators.Estimate`. K = 1 is the ELBO. ``exact``: a reference line.
+    Several curves go on one panel by passing the same ``ax`` with different ``label``."""
     ks = sorted(curve)
     means = [curve[k].mean for k in ks]
     errs = [curve[k].stderr for k in ks]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label="mean IWAE$_K$ (K=1: ELBO)")
+    fig, ax = _axes(ax, (6, 4))
+    ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label=label)
     if exact is not None:
         ax.axhline(exact, color="k", linestyle="--", label="exact log p(x)")
     ax.set_xscale("log")
@@ -109,44 +116,46 @@ def plot_bound_curve(curve, path, exact=None, title="Importance-weighted bounds"
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    _save(fig, path)
+    return fig
 
 
-def plot_khat(khat, path, threshold=0.7, title="Pareto k-hat of the importance weights"):
+def plot_khat(khat, threshold=0.7, title="Pareto k-hat of the importance weights", ax=None):
     """ArviZ's k-hat plot: one point per image, bands at 0.5 / 0.7 / 1."""
     import warnings
 
     import arviz as az
 
+    fig, ax = _axes(ax, (6, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ's notices about its own refactor
-        ax = az.plot_khat(khat.detach().cpu().numpy(), show_bins=True)
+        az.plot_khat(khat.detach().cpu().numpy(), show_bins=True, ax=ax)
     ax.set_xlabel("test image")
     ax.set_title(f"{title}: {float((khat > threshold).float().mean()):.0%} above {threshold}")
-    _save(ax.figure, path)
+    return fig
 
 
-def plot_kl_per_dimension(kl, activity, path, threshold=0.01):
+def plot_kl_per_dimension(kl, activity, threshold=0.01, ax=None):
     """Bars of E_x KL(q(z_d|x) || p(z_d)) per dimension, sorted, active units highlighted."""
     order = torch.argsort(kl, descending=True)
     active = (activity > threshold)[order]
-    fig, ax = plt.subplots(figsize=(max(6, len(kl) * 0.15), 4))
+    fig, ax = _axes(ax, (max(6, len(kl) * 0.15), 4))
     colours = ["tab:blue" if a else "tab:grey" for a in active.tolist()]
     ax.bar(range(len(kl)), kl[order].numpy(), color=colours)
     ax.set_xlabel("latent dimension (sorted by KL)")
     ax.set_ylabel("KL (nats)")
     ax.set_title(f"KL per latent dimension: {int(active.sum())} of {len(kl)} active "
                  f"(Cov_x E[z_d|x] > {threshold})")
-    _save(fig, path)
+    return fig
 
 
-def plot_psnr(results, path, title="Denoising: PSNR against noise level"):
+def plot_psnr(results, title="Denoising: PSNR against noise level"):
     """One panel per noise model: mean PSNR (dB) against the noise level, one line per method.
 
     ``results[noise][method]`` is a list of ``(level, psnr)`` pairs; ``method`` "noisy input" is
     the corrupted image itself, the baseline every denoiser must beat.
     """
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(results), 3.6), layout="tight")
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (noise, methods) in zip(axes[0], results.items()):
         for method, points in methods.items():
             levels, values = zip(*points)
@@ -158,4 +167,4 @@ def plot_psnr(results, path, title="Denoising: PSNR against noise level"):
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.suptitle(title)
-    _save(fig, path)
+    return fig

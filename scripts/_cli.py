@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 
+import matplotlib
 import pyro
 
 from pyro_vae.checkpoint import load_checkpoint
@@ -20,6 +21,8 @@ from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, l
 from pyro_vae.nets import NETS
 from pyro_vae.runs import check_run_dir, prepare_run_dir
 from pyro_vae.train import NonFiniteLossError
+
+matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
 
 
 class Parser(argparse.ArgumentParser):
@@ -134,11 +137,11 @@ def config_from_args(config_cls, args, model, script):
     return cfg, state
 
 
-def start(cfg, args):
-    """Check the run directory (refusing a finished run without --overwrite) and seed everything
-    from ``cfg.seed``; called before the data are loaded and the model is built."""
-    if not args.resume:
-        check_run_dir(cfg.out, args.overwrite)
+def start(cfg, resume, overwrite):
+    """Check the run directory (refusing a finished run without ``overwrite``) and seed
+    everything from ``cfg.seed``; called before the data are loaded and the model is built."""
+    if not resume:
+        check_run_dir(cfg.out, overwrite)
     pyro.set_rng_seed(cfg.seed)
 
 
@@ -147,6 +150,12 @@ def claim_run_dir(cfg, resume, overwrite):
     a refused run leaves no folder behind."""
     if not resume:
         prepare_run_dir(cfg.out, overwrite=overwrite)
+
+
+def save_figures(figures, out):
+    """Write each figure of ``{file name: Figure}`` to ``out`` as a PNG."""
+    for name, fig in figures.items():
+        fig.savefig(os.path.join(out, name), dpi=120)
 
 
 def run_main(prog, body):

@@ -23,25 +23,35 @@ import train_baselines
 import train_svi
 from _cli import (
     add_data_args, add_net_args, add_training_args, check_common, make_parser, run_main,
+    save_figures,
 )
 from pyro_vae.autoencoders import fit_code_distribution
 from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.classifier import score_samples, train_classifier
 from pyro_vae.data import load_dataset
-from pyro_vae.errors import ConfigError, RunError
+from pyro_vae.errors import ConfigError, RunError, lookup
 from pyro_vae.files import atomic_write
+from pyro_vae.latents import batched, class_pairs, interpolate
+from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import make_noise, psnr
 from pyro_vae.plots import plot_image_rows, plot_psnr
 from pyro_vae.runs import prepare_run_dir, resolve_device, write_json
 
 PROG = "compare.py"
-MODELS = ("ae", "dae", "vae")
+# model -> (the script that trains it, its settings beyond those it shares by name with this
+# script's Config, the loader of its checkpoints)
+METHODS = {
+    "ae": (train_baselines, {"model": "ae"}, autoencoder_from_checkpoint),
+    "dae": (train_baselines, {"model": "dae"}, autoencoder_from_checkpoint),
+    "vae": (train_svi, {"eval_samples": 100}, vae_from_checkpoint),
+}
+MODELS = tuple(METHODS)
 # noise model -> levels at which denoising is measured
 NOISE_LEVELS = {"gaussian": (0.25, 0.5, 0.75), "salt-pepper": (0.1, 0.2, 0.4),
                 "mask": (0.25, 0.5, 0.75)}
 # settings a loaded run must share with the others for the comparison to be fair
-SHARED = ("dataset", "binarize", "arch", "latent_dim", "hidden_dim")
+SHARED = ("dataset", "binarize", "arch", "latent_dim", "hidden_dim", "likelihood")
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Config:
     arch: str = "mlp"
     latent_dim: int = 50
     hidden_dim: int = 400
+    likelihood: str = "bernoulli"  # p(x|z) of all three: the VAE's, and the AEs' loss
     noise: str = "gaussian"  # the DAE's training noise, when trained here
     noise_level: float = 0.5
     epochs: int = 100  # for each model trained here
@@ -76,6 +87,9 @@ def build_parser():
     add_data_args(p, d)
     g = p.add_argument_group("models trained here")
     add_net_args(g, d)
+    g.add_argument("--likelihood", default=d.likelihood,
+                   help=f"p(x|z) of all three models: {', '.join(LIKELIHOODS)} "
+                   "(default: %(default)s)")
     g.add_argument("--noise", default=d.noise, help="the DAE's training noise (default: %(default)s)")
     g.add_argument("--noise-level", type=float, default=d.noise_level, help="default: %(default)s")
     add_training_args(g, d)
@@ -88,30 +102,19 @@ def build_parser():
     return p
 
 
-def train_missing(cfg, args):
-    """Train each model that no run directory was given for; returns {model: run_dir}."""
-    shared = ["--dataset", cfg.dataset, "--data-root", cfg.data_root, "--binarize", cfg.binarize,
-              "--arch", cfg.arch, "--latent-dim", cfg.latent_dim, "--hidden-dim", cfg.hidden_dim,
-              "--epochs", cfg.epochs, "--batch-size", cfg.batch_size, "--lr", cfg.lr,
-              "--seed", cfg.seed, "--device", cfg.device]
-    shared += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
-    shared += [] if cfg.download else ["--no-download"]
+def train_missing(cfg, progress, overwrite):
+    """Train each model that no run directory was given for, with the script that trains it and
+    the settings it shares with ``cfg``; returns {model: run_dir}."""
     runs = {}
-    for m in MODELS:
+    for m, (script, settings, _) in METHODS.items():
+        runs[m] = getattr(cfg, m) or os.path.join(cfg.out, m)
         if getattr(cfg, m):
-            runs[m] = getattr(cfg, m)
             continue
-        runs[m] = os.path.join(cfg.out, m)
         print(f"[{PROG}] training the {m.upper()} into {runs[m]}", flush=True)
-        if m == "vae":
-            argv = [*shared, "--out", runs[m], "--eval-samples", 100]
-            code = train_svi.main(list(map(str, argv)))
-        else:
-            argv = [*shared, "--model", m, "--noise", cfg.noise, "--noise-level",
-                    cfg.noise_level, "--out", runs[m]]
-            code = train_baselines.main(list(map(str, argv)))
-        if code:
-            raise SystemExit(code)  # the training script has said what went wrong
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(script.Config)
+                  if hasattr(cfg, f.name)}
+        script.run(script.Config(**{**shared, **settings, "out": runs[m]}), progress=progress,
+                   overwrite=overwrite)
     return runs
 
 
@@ -139,14 +142,9 @@ def load_runs(runs, cfg, device):
                         binarize="none", device=device)
     if bool((grey.y_train < 0).any()):
         raise RunError(f"{c['dataset']} has no labels (y_train); the scoring classifier needs them")
-    models = {m: (vae_from_checkpoint if m == "vae" else autoencoder_from_checkpoint)(
-        states[m], data.image_shape).to(device).eval() for m in MODELS}
+    models = {m: load(states[m], data.image_shape).to(device).eval()
+              for m, (_, _, load) in METHODS.items()}
     return models, configs, data, grey
-
-
-@torch.no_grad()
-def batched(fn, x, size=1000):
-    return torch.cat([fn(xb) for xb in x.split(size)])
 
 
 @torch.no_grad()
@@ -205,21 +203,13 @@ def generation_table(models, data, grey, classifier, device, seed, binarize):
     return scores, samples
 
 
-@torch.no_grad()
 def interpolations(models, x, y, steps=9):
-    """Decoded codes along straight lines between pairs of test images of different classes."""
-    firsts = {}
-    for i, label in enumerate(y.tolist()):
-        firsts.setdefault(label, i)
-    labels = sorted(firsts)
-    pairs = [(firsts[a], firsts[b]) for a, b in zip(labels[0::2], labels[1::2])][:3]
-    t = torch.linspace(0, 1, steps, device=x.device)[:, None]
+    """Decoded codes along straight lines between pairs of test images of different classes,
+    one row per pair and model, and the rows' labels."""
     rows, names = [], []
-    for i, j in pairs:
+    for i, j in class_pairs(y):
         for m, model in models.items():
-            za, zb = model.encode(x[i : i + 1]), model.encode(x[j : j + 1])
-            z = (1 - t) * za + t * zb  # (steps, latent_dim)
-            rows.append(model.decode(z))
+            rows.append(interpolate(model, x[i], x[j], steps))
             names.append(f"{m.upper()} {int(y[i])}->{int(y[j])}")
     return rows, names
 
@@ -295,58 +285,69 @@ def write_report(cfg, runs, recon, accuracy, denoise, scores, out):
         f.write("\n".join(lines))
 
 
-def run(cfg, args):
+def check_config(cfg):
+    check_common(cfg)
+    lookup(LIKELIHOODS, "--likelihood", cfg.likelihood)
+    if cfg.classifier_epochs < 1:
+        raise ConfigError(f"--classifier-epochs must be a positive integer, "
+                          f"got {cfg.classifier_epochs}")
+
+
+def run(cfg, *, progress=True, overwrite=False):
+    """Train the models ``cfg`` gives no run directory for, load all three, and write the report
+    and its figures to ``cfg.out``; settings and run directories are checked first."""
+    check_config(cfg)
     device = resolve_device(cfg.device)
-    if os.path.exists(os.path.join(cfg.out, "report.md")) and not args.overwrite:
+    if os.path.exists(os.path.join(cfg.out, "report.md")) and not overwrite:
         raise RunError(f"{cfg.out} already holds a report; pass --overwrite to replace it, or "
                        "choose another --out")
-    for m in MODELS:
+    for m, (script, _, _) in METHODS.items():
         if getattr(cfg, m) and not os.path.isdir(getattr(cfg, m)):
             raise RunError(f"--{m} {getattr(cfg, m)} is not a directory; pass a run directory "
-                           f"written by {'train_svi.py' if m == 'vae' else 'train_baselines.py'}")
-    runs = train_missing(cfg, args)
+                           f"written by {script.PROG}")
+    runs = train_missing(cfg, progress, overwrite)
     models, configs, data, grey = load_runs(runs, cfg, device)
     prepare_run_dir(cfg.out, overwrite=True)  # the checks above refused a finished report
-    out = cfg.out
     x = data.x_test
 
     print(f"[{PROG}] reconstruction and denoising on {len(x)} test images ...", flush=True)
     recon = reconstruction_table(models, x)
-    rows = [x[:10]] + [batched(models[m].reconstruct, x[:10]) for m in MODELS]
-    plot_image_rows(rows, ["test image", *[m.upper() for m in MODELS]],
-                    os.path.join(out, "reconstructions.png"), "Reconstructions of test images")
     denoise, examples = denoising_table(models, x, device)
-    plot_psnr(denoise, os.path.join(out, "denoising_psnr.png"))
     rows, names = [], []
     for setting, (noisy, outputs) in examples.items():
         rows += [x[:8], noisy] + [outputs[m] for m in MODELS]
         names += ["clean", setting] + [m.upper() for m in MODELS]
-    plot_image_rows(rows, names, os.path.join(out, "denoising.png"),
-                    "Clean, noisy, and each model's output")
+    figures = {
+        "reconstructions.png": plot_image_rows(
+            [x[:10]] + [models[m].reconstruct(x[:10]) for m in MODELS],
+            ["test image", *[m.upper() for m in MODELS]], "Reconstructions of test images"),
+        "denoising_psnr.png": plot_psnr(denoise),
+        "denoising.png": plot_image_rows(rows, names, "Clean, noisy, and each model's output"),
+    }
 
     print(f"[{PROG}] training the scoring classifier ({cfg.classifier_epochs} epochs) ...",
           flush=True)
     clf = train_classifier(grey.x_train, grey.y_train, epochs=cfg.classifier_epochs,
-                           seed=cfg.seed, progress=not args.quiet)
-    with torch.no_grad():
-        accuracy = float((batched(clf, grey.x_test).argmax(-1) == grey.y_test).float().mean())
+                           seed=cfg.seed, progress=progress)
+    accuracy = float((batched(clf, grey.x_test).argmax(-1) == grey.y_test).float().mean())
     scores, samples = generation_table(models, data, grey, clf, device, cfg.seed,
                                        configs["vae"]["binarize"])
-    plot_image_rows([s[:10] for s in samples.values()], list(samples),
-                    os.path.join(out, "samples.png"), "Decoded random codes")
-    rows, names = interpolations(models, x, data.y_test)
-    plot_image_rows(rows, names, os.path.join(out, "interpolations.png"),
-                    "Straight lines between the codes of two test images")
+    figures["samples.png"] = plot_image_rows([s[:10] for s in samples.values()], list(samples),
+                                             "Decoded random codes")
+    figures["interpolations.png"] = plot_image_rows(
+        *interpolations(models, x, data.y_test),
+        "Straight lines between the codes of two test images")
+    save_figures(figures, cfg.out)
 
     result = {"runs": runs, "configs": configs, "reconstruction": recon,
               "denoising": denoise, "classifier_test_accuracy": accuracy,
               "generation": {k: dataclasses.asdict(v) for k, v in scores.items()}}
-    write_json(result, os.path.join(out, "comparison.json"))
-    write_report(cfg, runs, recon, accuracy, denoise, scores, out)
+    write_json(result, os.path.join(cfg.out, "comparison.json"))
+    write_report(cfg, runs, recon, accuracy, denoise, scores, cfg.out)
     print(f"[{PROG}] generation (confidence / class entropy / Frechet distance):")
     for name, s in scores.items():
         print(f"    {name:40s} {s.confidence:6.3f} {s.class_entropy:6.3f} {s.frechet:9.2f}")
-    print(f"[{PROG}] wrote {out}/report.md, comparison.json and figures")
+    print(f"[{PROG}] wrote {cfg.out}/report.md, comparison.json and figures")
 
 
 def main(argv=None):
@@ -354,14 +355,7 @@ def main(argv=None):
 
     def body():
         cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
-        check_common(cfg)
-        if cfg.classifier_epochs < 1:
-            raise ConfigError(f"--classifier-epochs must be a positive integer, "
-                             f"got {cfg.classifier_epochs}")
-        try:
-            run(cfg, args)
-        except SystemExit as e:  # a training script failed and said why
-            return e.code
+        run(cfg, progress=not args.quiet, overwrite=args.overwrite)
 
     return run_main(PROG, body)
 

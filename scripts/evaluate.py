@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyro
 
-from _cli import make_parser, run_main
+from _cli import make_parser, run_main, save_figures
 from pyro_vae.build import vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.data import load_dataset
@@ -109,13 +109,15 @@ def run(cfg):
     try:
         kl = kl_per_dimension(vae, x)
         result["kl_per_dimension"] = kl.tolist()
-        plot_kl_per_dimension(kl, activity, os.path.join(out, "kl_per_dimension.png"))
+        save_figures({"kl_per_dimension.png": plot_kl_per_dimension(kl, activity)}, out)
     except NotImplementedError as e:
         print(f"[{PROG}] no KL per dimension: {e}")
     write_json(result, os.path.join(out, "evaluation.json"))
-    plot_bound_curve(curve, os.path.join(out, "bound_curve.png"),
-                     title=f"Bounds on {len(x[: cfg.curve_images])} test images")
-    plot_khat(est.khat, os.path.join(out, "khat.png"), threshold=KHAT_THRESHOLD)
+    save_figures({
+        "bound_curve.png": plot_bound_curve(
+            curve, title=f"Bounds on {len(x[: cfg.curve_images])} test images"),
+        "khat.png": plot_khat(est.khat, threshold=KHAT_THRESHOLD),
+    }, out)
 
     s = result["loglik"]
     print(f"[{PROG}] log p(x) >= {s['mean']:.2f} +- {s['stderr']:.2f} nats per image "

@@ -1,4 +1,4 @@
-"""Train a deterministic (ae) or denoising (dae) autoencoder on the VAE's networks and likelihood; write a run directory.
+"""Train a deterministic (ae) or denoising (dae) autoencoder on the VAE's nets and likelihood.
 
     python scripts/train_baselines.py --model ae                        # runs/ae
     python scripts/train_baselines.py --model dae --noise salt-pepper --noise-level 0.3
@@ -6,11 +6,11 @@
 
 The flags shared with train_svi.py mean the same there and here (data, networks, likelihood,
 epochs, batch size, learning rate, seed, run directory, --resume); the loss is the VAE's
-reconstruction term at the code z = e(x), -log p(x | z = e(x)). The run directory receives config.json,
-metrics.csv / metrics.json, checkpoint_last.pt / checkpoint_best.pt, summary.json (test
--log p(x | z = e(x)) and PSNR; for a DAE, PSNR of noisy and denoised test images) and PNG figures: loss
-curves, reconstructions, decoded random codes z ~ N(0, I), the latent space, and for a DAE noisy /
-clean / denoised test images.
+reconstruction term at the code z = e(x), -log p(x | z = e(x)). The run directory receives
+config.json, metrics.csv / metrics.json, checkpoint_last.pt / checkpoint_best.pt, summary.json
+(test -log p(x | z = e(x)) and PSNR; for a DAE, PSNR of noisy and denoised test images) and PNG
+figures: loss curves, reconstructions, decoded random codes z ~ N(0, I), the latent space, and
+for a DAE noisy / clean / denoised test images.
 """
 
 import dataclasses
@@ -22,11 +22,13 @@ import torch
 
 from _cli import (
     Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_common, check_support, claim_run_dir, config_from_args, make_parser, run_main, start,
+    check_common, check_support, claim_run_dir, config_from_args, make_parser, run_main,
+    save_figures, start,
 )
-from pyro_vae.build import AUTOENCODER_OPTIONS, build_autoencoder
+from pyro_vae.build import AUTOENCODER_OPTIONS, AUTOENCODERS, build_autoencoder
 from pyro_vae.data import load_dataset
 from pyro_vae.errors import ConfigError, lookup
+from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
@@ -34,7 +36,6 @@ from pyro_vae.runs import Recorder, resolve_device, write_json
 from pyro_vae.train import fit_autoencoder
 
 PROG = "train_baselines.py"
-MODELS = ("ae", "dae")
 
 
 @dataclass
@@ -83,7 +84,7 @@ def build_parser():
 
 
 def check_config(cfg):
-    lookup(MODELS, "--model", cfg.model)
+    lookup(AUTOENCODERS, "--model", cfg.model)
     check_common(cfg)
     lookup(("auto", *LIKELIHOODS), "--likelihood", cfg.likelihood)
     lookup(NOISES, "--noise", cfg.noise)
@@ -96,44 +97,54 @@ def check_config(cfg):
     cfg.out = cfg.out or os.path.join("runs", cfg.model)
 
 
-def write_figures(ae, data, history, cfg, device):
-    out = cfg.out
-    plot_curves(history, os.path.join(out, "loss_curves.png"),
-                ylabel=f"-log p(x | z = e(x)), {cfg.likelihood} (nats per image)", title=f"{cfg.model.upper()} training curves")
+def figures(ae, data, history, cfg, device):
+    """The run's figures, ``{file name: Figure}``."""
     x = data.x_test[:10]
-    plot_image_rows([x, ae.reconstruct(x)], ["test image", "reconstruction"],
-                    os.path.join(out, "reconstructions.png"), "Test images and reconstructions")
     gen = torch.Generator(device=device).manual_seed(0)
     z = torch.randn(100, ae.latent_dim, generator=gen, device=device)
-    plot_image_grid(ae.decode(z), os.path.join(out, "random_samples.png"),
-                    "Decoder outputs at random codes z ~ N(0, I)")
-    codes = torch.cat([ae.encode(xb) for xb in data.x_test.split(1000)])
-    plot_latents(codes, data.y_test, os.path.join(out, "latent_space.png"), "Codes of test images")
+    out = {
+        "loss_curves.png": plot_curves(
+            history, ylabel=f"-log p(x | z = e(x)), {cfg.likelihood} (nats per image)",
+            title=f"{cfg.model.upper()} training curves"),
+        "reconstructions.png": plot_image_rows([x, ae.reconstruct(x)],
+                                               ["test image", "reconstruction"],
+                                               "Test images and reconstructions"),
+        "random_samples.png": plot_image_grid(ae.decode(z),
+                                              "Decoder outputs at random codes z ~ N(0, I)"),
+        "latent_space.png": plot_latents(batched(ae.encode, data.x_test), data.y_test,
+                                         "Codes of test images"),
+    }
     if ae.noise is not None:
         noisy = ae.noise(x, gen)
-        plot_image_rows([noisy, x, ae.reconstruct(noisy)], ["noisy", "clean", "denoised"],
-                        os.path.join(out, "denoising.png"), f"Denoising, {ae.noise!r}")
+        out["denoising.png"] = plot_image_rows([noisy, x, ae.reconstruct(noisy)],
+                                               ["noisy", "clean", "denoised"],
+                                               f"Denoising, {ae.noise!r}")
+    return out
 
 
 @torch.no_grad()
 def summarize(ae, data, cfg, device):
     """Test reconstruction error of clean images; for a DAE, PSNR before and after denoising."""
     x = data.x_test
-    rec = torch.cat([ae.reconstruct(xb) for xb in x.split(1000)])
-    losses = torch.cat([ae.reconstruction_loss(xb, xb) for xb in x.split(1000)])
+    rec = batched(ae.reconstruct, x)
+    losses = batched(lambda xb: ae.reconstruction_loss(xb, xb), x)
     summary = {"test_reconstruction_loss": float(losses.mean()), "likelihood": cfg.likelihood,
                "test_mse_per_pixel": float((rec - x).square().mean()),
                "test_psnr_clean": float(psnr(rec, x).mean()), "dataset_source": data.source}
     if ae.noise is not None:
         noisy = ae.noise(x, torch.Generator(device=device).manual_seed(1))
-        denoised = torch.cat([ae.reconstruct(xb) for xb in noisy.split(1000)])
+        denoised = batched(ae.reconstruct, noisy)
         summary.update(noise=repr(ae.noise), test_psnr_noisy=float(psnr(noisy, x).mean()),
                        test_psnr_denoised=float(psnr(denoised, x).mean()))
     return summary
 
 
-def run(cfg, resume_state=None, progress=True, overwrite=False):
-    """Train (or continue) the run described by ``cfg``; returns the summary dict."""
+def run(cfg, resume_state=None, *, progress=True, overwrite=False):
+    """Train (or continue, from the checkpoint state ``resume_state``) the AE or DAE run that
+    ``cfg`` describes and write its run directory; returns the summary dict. Settings, run
+    directory, data and model are checked before anything is written, as in train_svi.py."""
+    check_config(cfg)
+    start(cfg, resume_state is not None, overwrite)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
@@ -162,7 +173,7 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     summary = summarize(ae, data, cfg, device)
     summary["epochs"] = len(recorder.history)
     write_json(summary, os.path.join(cfg.out, "summary.json"))
-    write_figures(ae, data, recorder.history, cfg, device)
+    save_figures(figures(ae, data, recorder.history, cfg, device), cfg.out)
     line = (f"[{PROG}] test -log p(x | z = e(x)), {cfg.likelihood}: "
             f"{summary['test_reconstruction_loss']:.2f} nats per image, "
             f"PSNR {summary['test_psnr_clean']:.1f} dB")
@@ -178,9 +189,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
 
     def body():
-        cfg, resume_state = config_from_args(Config, args, MODELS, PROG)
-        check_config(cfg)
-        start(cfg, args)
+        cfg, resume_state = config_from_args(Config, args, AUTOENCODERS, PROG)
         run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
 
     return run_main(PROG, body)

@@ -19,13 +19,14 @@ import torch
 from _cli import (
     Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
     check_common, check_positive, check_support, claim_run_dir, config_from_args, make_parser,
-    run_main, start,
+    run_main, save_figures, start,
 )
 from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.data import load_dataset
 from pyro_vae.encoders import ENCODERS
 from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
+from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
@@ -99,21 +100,27 @@ def check_config(cfg):
                          f"got {cfg.kl_warmup}")
 
 
-def write_figures(vae, data, history, out):
-    plot_curves(history, os.path.join(out, "elbo_curves.png"))
+def figures(vae, data, history):
+    """The run's figures, ``{file name: Figure}``."""
     x = data.x_test[:10]
-    plot_image_rows([x, vae.reconstruct(x)], ["test image", "reconstruction"],
-                    os.path.join(out, "reconstructions.png"), "Test images and reconstructions")
-    plot_image_grid(vae.generate(100), os.path.join(out, "prior_samples.png"),
-                    "Decoder means at z ~ p(z)")
-    codes = torch.cat([vae.encode(xb) for xb in data.x_test.split(1000)])
-    plot_latents(codes, data.y_test, os.path.join(out, "latent_space.png"),
-                 "Posterior means E[z|x] of test images")
+    return {
+        "elbo_curves.png": plot_curves(history),
+        "reconstructions.png": plot_image_rows([x, vae.reconstruct(x)],
+                                               ["test image", "reconstruction"],
+                                               "Test images and reconstructions"),
+        "prior_samples.png": plot_image_grid(vae.generate(100), "Decoder means at z ~ p(z)"),
+        "latent_space.png": plot_latents(batched(vae.encode, data.x_test), data.y_test,
+                                         "Posterior means E[z|x] of test images"),
+    }
 
 
-def run(cfg, resume_state=None, progress=True, overwrite=False):
-    """Train (or continue) the run described by ``cfg``; returns the summary dict. The data and
-    the model are checked before the run directory is touched."""
+def run(cfg, resume_state=None, *, progress=True, overwrite=False):
+    """Train (or continue, from the checkpoint state ``resume_state``) the VAE run that ``cfg``
+    describes and write its run directory; returns the summary dict. Settings, run directory,
+    data and model are checked, in that order, before anything is written (a UserError names
+    what is wrong)."""
+    check_config(cfg)
+    start(cfg, resume_state is not None, overwrite)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
@@ -149,7 +156,7 @@ def run(cfg, resume_state=None, progress=True, overwrite=False):
     summary = {f"test_loglik_{k}": v for k, v in est.summary().items()}
     summary.update(epochs=len(history), dataset_source=data.source)
     write_json(summary, os.path.join(cfg.out, "summary.json"))
-    write_figures(vae, data, history, cfg.out)
+    save_figures(figures(vae, data, history), cfg.out)
     print(f"[{PROG}] test log p(x) >= {est.mean:.2f} +- {est.stderr:.2f} nats per image "
           f"(IWAE, K={cfg.eval_samples}); ELBO {summary['test_loglik_elbo_mean']:.2f}; "
           f"{summary['test_loglik_frac_unreliable']:.1%} of images with Pareto k-hat > "
@@ -165,8 +172,6 @@ def main(argv=None):
 
     def body():
         cfg, resume_state = config_from_args(Config, args, ("vae",), PROG)
-        check_config(cfg)
-        start(cfg, args)
         run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
 
     return run_main(PROG, body)
