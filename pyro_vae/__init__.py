@@ -26,6 +26,7 @@ from .diagnostics import active_units, kl_per_dimension
 from .encoders import ENCODERS, DiagonalNormalEncoder, FlowEncoder, FullCovarianceEncoder
 from .errors import CheckpointError, ConfigError, DataError, RunError, UserError, lookup
 from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
+from .latents import batched, class_pairs, interpolate
 from .likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -114,6 +115,10 @@ __all__ = [
     "pareto_khat",
     "active_units",
     "kl_per_dimension",
+    # the latent space of any model
+    "batched",
+    "class_pairs",
+    "interpolate",
     # what a user can get wrong, and the lookup of names
     "UserError",
     "ConfigError",

@@ -30,7 +30,7 @@ class _Noise:
         if not level >= 0 or (self.max_level is not None and level > self.max_level):
             bound = f"in [0, {self.max_level}]" if self.max_level is not None else ">= 0"
             raise ConfigError(f"the {self.name} noise level ({self.level_name}) must be {bound}, "
-                             f"got {level}")
+                              f"got {level}")
         self.level = level
 
     def __repr__(self):

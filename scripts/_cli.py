@@ -133,7 +133,7 @@ def config_from_args(config_cls, args, model, script):
     cfg = config_cls(**saved)
     if cfg.epochs <= state["epoch"]:
         raise RunError(f"{args.resume} has already run {state['epoch']} epochs; pass a larger "
-                         "--epochs to continue it")
+                       "--epochs to continue it")
     return cfg, state
 
 

@@ -78,7 +78,7 @@ def run(cfg):
     for name in ("samples", "images", "curve_images", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
-                             f"got {getattr(cfg, name)}")
+                              f"got {getattr(cfg, name)}")
     device = resolve_device(cfg.device)
     path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(path)

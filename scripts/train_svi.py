@@ -97,7 +97,7 @@ def check_config(cfg):
         raise ConfigError(f"--beta must be positive, got {cfg.beta}")
     if cfg.kl_warmup < 0:
         raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
-                         f"got {cfg.kl_warmup}")
+                          f"got {cfg.kl_warmup}")
 
 
 def figures(vae, data, history):
