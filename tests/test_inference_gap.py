@@ -17,13 +17,13 @@ def lg():
 
 def test_local_fit_finds_the_best_diagonal_gaussian(lg):
     x = lg.data(20)
-    local, steps = fit_local_guide(lg.model, lg.poor_guide, x, num_particles=50, lr=1e-2,
-                                   check_every=50, patience=4)
+    local, steps = fit_local_guide(lg.model, lg.poor_guide, x)  # the defaults
     # the closed form: the posterior mean, and variances 1 / diag(posterior precision)
-    torch.testing.assert_close(local.loc.detach(), lg.posterior_mean(x), atol=0.05, rtol=0)
-    # (the ELBO is flat in the scales near the optimum: an Adam iterate lands within 25%)
-    torch.testing.assert_close(local.log_scale.detach().exp(),
-                               lg.precision.diagonal().rsqrt().expand(20, -1), atol=0, rtol=0.25)
+    # (the ELBO is flat near its optimum: an Adam iterate lands within a quarter of q*'s scale
+    # of its mean, costing (1/4)^2 / 2 = 0.03 nats, and within 25% of its scale)
+    best_scale = lg.precision.diagonal().rsqrt().expand(20, -1)
+    assert ((local.loc.detach() - lg.posterior_mean(x)).abs() / best_scale).max() < 0.25
+    torch.testing.assert_close(local.log_scale.detach().exp(), best_scale, atol=0, rtol=0.25)
     assert 0 < steps < 20000
 
 
@@ -31,7 +31,7 @@ def test_gaps_add_up_and_match_the_closed_form(lg):
     x = lg.data(20)
     exact = lg.exact_log_px(x)
     gap = inference_gap(lg.model, lg.poor_guide, x, log_px=exact, elbo_samples=4000,
-                        fit_options=dict(num_particles=50, lr=1e-2, check_every=50, patience=4))
+                        fit_options=dict(patience=4))
     best = lg.best_diagonal_elbo(x)
     # ELBO[q*] = log p(x) - KL(q* || posterior), found to Monte-Carlo precision
     assert abs((gap.elbo_optimal - best).mean()) < 0.02
@@ -51,7 +51,7 @@ def test_an_exact_guide_has_no_gaps_left_but_the_familys(lg):
     x = lg.data(5)
     exact = lg.exact_log_px(x)
     gap = inference_gap(lg.model, lg.exact_guide, x, num_steps=50, num_chains=4, elbo_samples=2000,
-                        fit_options=dict(num_particles=50, lr=1e-2, check_every=50, patience=4))
+                        fit_options=dict(patience=4))
     torch.testing.assert_close(gap.log_px, exact, atol=1e-8, rtol=0)
     torch.testing.assert_close(gap.elbo_amortized, exact, atol=1e-8, rtol=0)
     kl = (lg.precision.diagonal().log().sum() - torch.logdet(lg.precision)) / 2
