@@ -34,7 +34,6 @@ per-stage diagnostics (T floats each).
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -42,12 +41,13 @@ from pyro.distributions.transforms import biject_to
 from pyro.poutine.util import site_is_subsample
 from tqdm import tqdm
 
-from .estimators import Estimate
-from .estimators import _site_log_prob as site_log_prob
+from .errors import ConfigError, lookup
+from .estimators import Estimate, site_log_prob
 
 __all__ = [
     "AISEstimate",
     "SCHEDULES",
+    "STARTS",
     "ais_log_likelihood",
     "linear_schedule",
     "sigmoid_schedule",
@@ -74,6 +74,7 @@ def linear_schedule(num_steps):
 
 
 SCHEDULES = {"sigmoid": sigmoid_schedule, "linear": linear_schedule}
+STARTS = ("guide", "prior")  # pi_0: the guide q(z|x), or the model's prior p(z)
 
 
 class _Target:
@@ -290,13 +291,12 @@ def _check(num_steps, num_chains, num_leapfrog, tune_chains, schedule, start, st
     for name, value in (("num_steps", num_steps), ("num_chains", num_chains),
                         ("num_leapfrog", num_leapfrog), ("tune_chains", tune_chains)):
         if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(schedule, str) and schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    if start not in ("guide", "prior"):
-        raise ValueError(f"start must be 'guide' or 'prior', got {start!r}")
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(schedule, str):
+        lookup(SCHEDULES, "schedule", schedule)
+    lookup(STARTS, "start", start)
     if step_size is not None and not (0 < float(step_size) < math.inf):
-        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
+        raise ConfigError(f"step_size must be a positive number, got {step_size!r}")
 
 
 def _betas(schedule, num_steps):
@@ -305,7 +305,7 @@ def _betas(schedule, num_steps):
     betas = torch.as_tensor(schedule, dtype=torch.float64)
     if betas.dim() != 1 or len(betas) < 2 or betas[0] != 0 or betas[-1] != 1 or \
             bool((betas[1:] < betas[:-1]).any()):
-        raise ValueError("a schedule must be a non-decreasing sequence from 0 to 1")
+        raise ConfigError("a schedule must be a non-decreasing sequence from 0 to 1")
     return betas
 
 

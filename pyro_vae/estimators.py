@@ -41,6 +41,7 @@ __all__ = [
     "log_likelihood",
     "log_weights",
     "pareto_khat",
+    "site_log_prob",
 ]
 
 KHAT_THRESHOLD = 0.7
@@ -51,7 +52,7 @@ KHAT_THRESHOLD = 0.7
 _PAIRS_PER_PASS = 8192
 
 
-def _site_log_prob(site, data_plate, num_dims):
+def site_log_prob(site, data_plate, num_dims):
     """A site's log-prob, scaled and masked, as ``(K, N)``: summed over all other plate dims."""
     lp = site["log_prob"]
     lp = lp.reshape((1,) * (num_dims - lp.dim()) + lp.shape)  # right-aligned to the plate dims
@@ -88,7 +89,7 @@ def log_weights(model, guide, x, num_samples, *args, data_plate="data", max_plat
         trace.compute_log_prob()
         for site in trace.nodes.values():
             if site["type"] == "sample" and not site_is_subsample(site):
-                w = w + sign * _site_log_prob(site, data_plate, num_dims)
+                w = w + sign * site_log_prob(site, data_plate, num_dims)
     return w
 
 

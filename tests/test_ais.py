@@ -111,7 +111,7 @@ def test_adapting_on_the_chains_own_decisions_is_what_the_pilot_avoids(lg):
 def test_bad_arguments_are_refused(lg):
     x = lg.data(3)
     for kw, match in ((dict(num_steps=0), "num_steps"), (dict(num_chains=0), "num_chains"),
-                      (dict(schedule="cosine"), "schedule"), (dict(start="q"), "start"),
+                      (dict(schedule="cosine"), "schedule"), (dict(start="q"), "unknown start"),
                       (dict(schedule=[0.0, 0.7, 0.5, 1.0]), "non-decreasing"),
                       (dict(step_size=-1.0), "step_size")):
         with pytest.raises(ValueError, match=match):

@@ -15,7 +15,7 @@ from pyro_vae.train import make_elbo
 
 from conftest import ROOT, tiny_images
 
-BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py"}
+BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py"}
 
 
 def _run(name, *args):
@@ -67,3 +67,12 @@ def test_loglik_benchmark_runs_and_ends_with_its_efficiency():
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"efficiency \d+\.\d\d", last), last
+
+
+def test_ais_benchmark_runs_and_ends_with_its_ratio():
+    proc = _run("bench_ais.py", "--images", "3", "--steps", "3", "--chains", "2", "--leapfrog",
+                "2", "--samples", "5", "--memory-steps", "2,4")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio \d+\.\d\d", lines[-1]), lines[-1]
+    assert any(line.startswith("AIS peak memory: 2 stages") for line in lines)
