@@ -21,12 +21,17 @@ so memory does not grow with K.
 
 Diagnostics: the importance-sampling effective sample size
 ESS_n = (sum_k e^{w_kn})^2 / sum_k e^{2 w_kn}, and the Pareto k-hat of the weights (Vehtari et al.,
-PSIS): k-hat > 0.7 means the estimate of that image is not to be trusted.
+PSIS): k-hat > 0.7 means the estimate of that image is not to be trusted. PSIS fits a generalized
+Pareto distribution to each image's largest M = ceil(min(K / 5, 3 sqrt(K))) weights only, so the
+estimator keeps a streaming top-(M + 1) per image (the extra one is the tail's threshold) and its
+memory stays flat in K. k-hat is NaN where it is undefined: fewer than 5 weights above the
+threshold (K < 21, or ties), or a fit that fails.
 """
 
 import math
-import warnings
 from dataclasses import dataclass
+
+import numpy as np
 
 import pyro
 import pyro.poutine as poutine
@@ -98,7 +103,8 @@ class Estimate:
     """A per-image estimate with its diagnostics.
 
     ``per_image``: (N,) values in nats; ``ess``: (N,) importance-sampling effective sample size
-    (between 1 and ``num_samples``); ``khat``: (N,) Pareto k-hat, or None if not computed;
+    (between 1 and ``num_samples``); ``khat``: (N,) Pareto k-hat (NaN where undefined, see
+    :func:`pareto_khat`), or None if not computed;
     ``elbo``: (N,) the mean log weight of the same samples (set by :func:`log_likelihood`).
     """
 
@@ -124,23 +130,35 @@ class Estimate:
         return None if self.khat is None else self.khat > KHAT_THRESHOLD
 
     def summary(self):
-        """A JSON-able dict: mean, stderr, num_samples, num_images, ess_mean, and where known
-        elbo_mean, khat_max and frac_unreliable (the fraction with k-hat > 0.7)."""
+        """A dict that is valid JSON: mean, stderr, num_samples, num_images, ess_mean, and where
+        known elbo_mean, khat_max and frac_unreliable (the fraction with k-hat > 0.7 among the
+        images whose k-hat is defined). A value that is not a finite number (the stderr of one
+        image, k-hat where undefined) is None (JSON null)."""
         out = {"mean": self.mean, "stderr": self.stderr, "num_samples": self.num_samples,
                "num_images": self.per_image.numel(), "ess_mean": self.ess.mean().item()}
         if self.elbo is not None:
             out["elbo_mean"] = self.elbo.mean().item()
         if self.khat is not None:
-            out["khat_max"] = self.khat.max().item()
-            out["frac_unreliable"] = self.unreliable.float().mean().item()
-        return out
+            defined = self.khat[torch.isfinite(self.khat)]
+            out["khat_max"] = defined.max().item() if len(defined) else None
+            out["frac_unreliable"] = ((defined > KHAT_THRESHOLD).float().mean().item()
+                                      if len(defined) else None)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in out.items()}
 
 
-def _accumulate(model, guide, x, num_samples, chunk_size, keep_weights, kw):
-    """Stream over chunks of samples: returns logsumexp_k w, logsumexp_k 2w, sum_k w, [all w]."""
-    lse = lse2 = None
+def psis_tail_size(num_samples):
+    """M = ceil(min(K / 5, 3 sqrt(K))): how many of K weights PSIS fits its Pareto tail to."""
+    return math.ceil(min(num_samples / 5, 3 * math.sqrt(num_samples)))
+
+
+def _accumulate(model, guide, x, num_samples, chunk_size, keep_tail, kw):
+    """Stream over chunks of samples: returns logsumexp_k w, logsumexp_k 2w, sum_k w, and with
+    ``keep_tail`` each image's largest M + 1 log weights ``(M + 1, n)`` (a streaming top-k, so
+    memory is flat in ``num_samples``), else None."""
+    lse = lse2 = top = None
     total = x.new_zeros(x.shape[0])
-    kept = []
+    keep = psis_tail_size(num_samples) + 1
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
         w = log_weights(model, guide, x, k, **kw)  # (k, n)
@@ -148,9 +166,11 @@ def _accumulate(model, guide, x, num_samples, chunk_size, keep_weights, kw):
         lse = c1 if lse is None else torch.logaddexp(lse, c1)
         lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
         total += w.sum(0)
-        if keep_weights:
-            kept.append(w.cpu())
-    return lse, lse2, total, (torch.cat(kept, 0) if keep_weights else None)
+        if keep_tail:
+            top = w if top is None else torch.cat([top, w])
+            if top.shape[0] > keep:
+                top = top.topk(keep, dim=0).values  # (keep, n)
+    return lse, lse2, total, top
 
 
 def _estimate(model, guide, x, num_samples, batch_size, chunk_size, khat, kw):
@@ -163,12 +183,12 @@ def _estimate(model, guide, x, num_samples, batch_size, chunk_size, khat, kw):
     iwae, elbo_, ess, khats = [], [], [], []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
-        lse, lse2, total, w = _accumulate(model, guide, xb, num_samples, chunk_size, khat, kw)
+        lse, lse2, total, top = _accumulate(model, guide, xb, num_samples, chunk_size, khat, kw)
         iwae.append(lse - math.log(num_samples))
         elbo_.append(total / num_samples)
         ess.append(torch.exp(2 * lse - lse2))
         if khat:
-            khats.append(pareto_khat(w.T))
+            khats.append(_khat_from_top(top.T, num_samples))
     cat = lambda ts: torch.cat(ts).cpu()  # noqa: E731
     return cat(iwae), cat(elbo_), cat(ess), (cat(khats) if khat else None)
 
@@ -180,7 +200,8 @@ def log_likelihood(model, guide, x, num_samples=1000, *, batch_size=None, chunk_
     :param x: images (N, ...); every sample site must sit in ``plate(data_plate)`` over dim 0.
     :param batch_size: images per pass (default: all at once).
     :param chunk_size: samples per pass (default: about 8192 sample-image pairs per pass).
-    :param khat: compute Pareto k-hat (keeps all K x N weights on the CPU).
+    :param khat: compute Pareto k-hat (keeps each image's largest M + 1 weights, M =
+        :func:`psis_tail_size` (K); NaN where undefined, e.g. K < 21).
     :param kwargs: ``data_plate``, ``max_plate_nesting``, and extra arguments of model and guide.
     :returns: :class:`Estimate` whose ``per_image`` is (N,) on the CPU.
     """
@@ -205,15 +226,51 @@ def bound_curve(model, guide, x, ks=(1, 5, 50, 500, 5000), **kwargs):
     return {k: log_likelihood(model, guide, x, num_samples=k, **kwargs) for k in ks}
 
 
+def _gpd_fit(tail):
+    """Shape k of a generalized Pareto distribution fitted to ``tail`` (sorted ascending, > 0):
+    the empirical-Bayes estimate of Zhang & Stephens (2009) with the weak prior of Vehtari et al.
+    (PSIS), as ArviZ's ``_gpdfit`` computes it."""
+    n = len(tail)
+    m_est = 30 + int(n**0.5)
+    b = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1, dtype=float) - 0.5))
+    b /= 3 * tail[int(n / 4 + 0.5) - 1]  # prior_bs = 3
+    b += 1 / tail[-1]
+    k = np.log1p(-b[:, None] * tail).mean(axis=1)
+    len_scale = n * (np.log(-(b / k)) - k - 1)
+    weights = 1 / np.exp(len_scale - len_scale[:, None]).sum(axis=1)
+    real = weights >= 10 * np.finfo(float).eps
+    b, weights = b[real], weights[real] / weights[real].sum()
+    k_post = np.log1p(-np.sum(b * weights) * tail).mean()
+    return (n * k_post + 10 * 0.5) / (n + 10)  # prior_k = 10
+
+
+def _khat_from_top(top, num_samples):
+    """k-hat of each row of ``top`` ``(rows, >= M + 1)``, a row's largest log weights out of
+    ``num_samples``: the PSIS fit to the weights above the (M + 1)-th largest, NaN where fewer
+    than 5 lie above it (ArviZ returns inf there, and fails outright for K = 1)."""
+    m = psis_tail_size(num_samples)
+    rows = top.detach().cpu().double().numpy()
+    out = np.full(len(rows), np.nan)
+    if rows.shape[1] < m + 1:
+        return torch.as_tensor(out, dtype=torch.float32)
+    cutoff_min = np.log(np.finfo(float).tiny)
+    for i, row in enumerate(rows):
+        row = np.sort(row)[::-1][: m + 1]  # descending
+        row = row - row[0]
+        cutoff = max(row[m], cutoff_min)
+        tail = np.sort(row[row > cutoff])
+        if len(tail) > 4 and np.isfinite(tail).all():
+            with np.errstate(all="ignore"):
+                k = _gpd_fit(np.exp(tail) - np.exp(cutoff))
+            out[i] = k if np.isfinite(k) else np.nan
+    return torch.as_tensor(out, dtype=torch.float32)
+
+
 def pareto_khat(log_weights):
-    """Pareto k-hat of each row of ``log_weights`` (rows = images, columns = samples), via ArviZ's
-    PSIS. Returns a float tensor of shape ``(rows,)``."""
-    lw = log_weights.detach().cpu().double().numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ArviZ's import-time notices and small-sample warnings
-        try:
-            from arviz_stats import psislw  # ArviZ >= 1.0
-        except ImportError:
-            from arviz import psislw  # ArviZ 0.x
-        _, k = psislw(lw)
-    return torch.as_tensor(k, dtype=torch.float32).reshape(-1)
+    """Pareto k-hat of each row of ``log_weights`` (rows = images, columns = K samples): PSIS's
+    generalized-Pareto fit to the row's largest M = :func:`psis_tail_size` (K) weights (Vehtari et
+    al., 2024), the k-hat of ArviZ's ``psislw``. Returns a float tensor of shape ``(rows,)``, NaN
+    where k-hat is undefined (fewer than 5 weights in the tail: K < 21, or ties)."""
+    lw = log_weights.detach()
+    keep = min(lw.shape[-1], psis_tail_size(lw.shape[-1]) + 1)
+    return _khat_from_top(lw.topk(keep, dim=-1).values, lw.shape[-1])

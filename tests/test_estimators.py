@@ -146,3 +146,59 @@ def test_sites_outside_the_data_plate_are_refused(lg):
 def test_num_samples_must_be_positive(lg):
     with pytest.raises(ValueError, match="positive"):
         log_likelihood(lg.model, lg.exact_guide, lg.data(2), num_samples=0)
+
+
+@pytest.mark.parametrize("k", [21, 26, 100, 1000, 5000])
+def test_khat_equals_arviz_psis_on_the_full_weights(k):
+    import warnings
+
+    from arviz import psislw
+
+    g = torch.Generator().manual_seed(k)
+    lw = torch.cat([torch.randn(2, k, generator=g) * 0.1, torch.randn(2, k, generator=g) * 3,
+                    torch.distributions.Pareto(1.0, 1 / 1.5).sample((2, k)).log()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, expected = psislw(lw.double().numpy())
+    torch.testing.assert_close(pareto_khat(lw), torch.as_tensor(expected, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 20])
+def test_khat_is_nan_where_undefined_and_the_summary_stays_json(lg, k):
+    """Too few weights for a Pareto tail (K < 21): NaN, not ArviZ's IndexError (K = 1) or inf;
+    summary() gives null there, and json.dumps(allow_nan=False) accepts it."""
+    import json
+
+    assert torch.isnan(pareto_khat(torch.randn(3, k))).all()
+    est = log_likelihood(lg.model, lg.poor_guide, lg.data(1), num_samples=k)
+    assert torch.isnan(est.khat).all() and not est.unreliable.any()
+    summary = est.summary()
+    assert summary["khat_max"] is None and summary["frac_unreliable"] is None
+    assert summary["stderr"] is None  # one image: no spread over images
+    json.dumps(summary, allow_nan=False)
+
+
+def test_streaming_khat_equals_khat_of_all_weights_and_keeps_only_the_tail(lg, monkeypatch):
+    """The estimator's streaming top-(M + 1) gives the k-hat of all K weights, chunk by chunk,
+    and never holds more than M + 1 + one chunk of weights per image."""
+    import pyro_vae.estimators as est_mod
+
+    x, k, chunk = lg.data(7), 3000, 64
+    pyro.set_rng_seed(11)
+    w = torch.cat([log_weights(lg.model, lg.poor_guide, x, min(chunk, k - s))
+                   for s in range(0, k, chunk)])
+    sizes = []
+    real_cat = torch.cat
+
+    def watching_cat(tensors, *args, **kwargs):
+        out = real_cat(tensors, *args, **kwargs)
+        sizes.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(est_mod.torch, "cat", watching_cat)
+    pyro.set_rng_seed(11)
+    est = log_likelihood(lg.model, lg.poor_guide, x, num_samples=k, chunk_size=chunk)
+    monkeypatch.undo()
+    torch.testing.assert_close(est.khat, pareto_khat(w.T))
+    m = est_mod.psis_tail_size(k)
+    assert m == 165 and max(sizes) <= m + 1 + chunk
