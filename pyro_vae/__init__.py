@@ -25,7 +25,10 @@ from .data import (
 from .diagnostics import active_units, kl_per_dimension
 from .encoders import ENCODERS, DiagonalNormalEncoder, FlowEncoder, FullCovarianceEncoder
 from .errors import CheckpointError, ConfigError, DataError, RunError, UserError, lookup
+from .ais import AISEstimate, ais_log_likelihood, linear_schedule, sigmoid_schedule
+from .bdmc import BDMCResult, bdmc, simulate
 from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
+from .inference_gap import InferenceGap, LocalGaussianGuide, fit_local_guide, inference_gap
 from .latents import batched, class_pairs, interpolate
 from .likelihoods import (
     LIKELIHOODS,
@@ -113,6 +116,18 @@ __all__ = [
     "log_weights",
     "bound_curve",
     "pareto_khat",
+    # annealed importance sampling, BDMC sandwich bounds, the inference gaps
+    "AISEstimate",
+    "ais_log_likelihood",
+    "sigmoid_schedule",
+    "linear_schedule",
+    "BDMCResult",
+    "bdmc",
+    "simulate",
+    "InferenceGap",
+    "LocalGaussianGuide",
+    "fit_local_guide",
+    "inference_gap",
     "active_units",
     "kl_per_dimension",
     # the latent space of any model

@@ -269,12 +269,13 @@ class AISEstimate(Estimate):
     betas: torch.Tensor = None
     step_size: torch.Tensor = None
     acceptance: torch.Tensor = None
+    evaluations: int = 0  # gradient evaluations of log p(x, z) per image, pilot included
 
     def summary(self):
         out = super().summary()
-        if self.acceptance is not None and len(self.acceptance):
-            out.update(num_steps=len(self.betas) - 1,
-                       acceptance_mean=self.acceptance.mean().item(),
+        out.update(num_steps=len(self.betas) - 1, gradient_evaluations=self.evaluations)
+        if len(self.acceptance):
+            out.update(acceptance_mean=self.acceptance.mean().item(),
                        step_size_median=self.step_size.median().item())
         return out
 
@@ -367,6 +368,14 @@ def _chunks(model, guide, x, *, num_steps, num_chains, num_leapfrog, tune_chains
         bar.close()
 
 
+def _evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size, passes=1):
+    """Gradient evaluations per image: one per chain and leapfrog step of each of the T - 1
+    transitions of each pass, plus the pilot's (its initial rounds included)."""
+    transitions = max(num_steps - 1, 0)
+    pilot = tune_chains * (_INITIAL_ROUNDS + transitions) if step_size is None and transitions else 0
+    return (passes * num_chains * transitions + pilot) * num_leapfrog
+
+
 def _weighted_mean(parts, weights):
     return (torch.stack(parts) * torch.tensor(weights)[:, None]).sum(0) / sum(weights)
 
@@ -407,4 +416,6 @@ def ais_log_likelihood(model, guide, x, *, num_steps=500, num_chains=16, num_lea
                        betas=_betas(schedule, num_steps),
                        step_size=torch.cat(used, 1).median(1).values if used[0].numel() else
                        torch.empty(0),
-                       acceptance=_weighted_mean(acc, sizes))
+                       acceptance=_weighted_mean(acc, sizes),
+                       evaluations=_evaluations(num_steps, num_chains, num_leapfrog, tune_chains,
+                                                step_size))

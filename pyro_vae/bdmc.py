@@ -24,7 +24,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .ais import _chunks, _ess, _logmeanexp, _weighted_mean
+from .ais import _chunks, _ess, _evaluations, _logmeanexp, _weighted_mean
 
 __all__ = ["BDMCResult", "bdmc", "simulate"]
 
@@ -44,6 +44,7 @@ class BDMCResult:
     ess_reverse: torch.Tensor
     acceptance_forward: torch.Tensor
     acceptance_reverse: torch.Tensor
+    evaluations: int = 0  # gradient evaluations per image, both directions and the pilot
 
     @property
     def gap(self):
@@ -57,6 +58,7 @@ class BDMCResult:
         return {"lower_mean": self.lower.mean().item(), "upper_mean": self.upper.mean().item(),
                 "gap_mean": self.gap.mean().item(), "gap_stderr": se(self.gap),
                 "num_images": n, "num_steps": self.num_steps, "num_chains": self.num_chains,
+                "gradient_evaluations": self.evaluations,
                 "acceptance_forward": self.acceptance_forward.mean().item(),
                 "acceptance_reverse": self.acceptance_reverse.mean().item()}
 
@@ -111,4 +113,6 @@ def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune
         sizes.append(sl.stop - sl.start)
     cat = lambda ts: torch.cat(ts).to(x.dtype)  # noqa: E731
     return BDMCResult(cat(lower), cat(upper), x_sim, num_steps, num_chains, cat(ess_f),
-                      cat(ess_r), _weighted_mean(acc_f, sizes), _weighted_mean(acc_r, sizes))
+                      cat(ess_r), _weighted_mean(acc_f, sizes), _weighted_mean(acc_r, sizes),
+                      _evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size,
+                                   passes=2))

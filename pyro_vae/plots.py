@@ -18,10 +18,12 @@ __all__ = [
     "plot_curves",
     "plot_image_grid",
     "plot_image_rows",
+    "plot_inference_gaps",
     "plot_khat",
     "plot_kl_per_dimension",
     "plot_latents",
     "plot_psnr",
+    "plot_sandwich",
 ]
 
 
@@ -167,4 +169,78 @@ def plot_psnr(results, title="Denoising: PSNR against noise level"):
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.suptitle(title)
+    return fig
+
+
+def plot_sandwich(curve=None, ais=None, bdmc=None, title="Bounds on log p(x)"):
+    """Two panels of mean bounds in nats per image. Every estimate on a panel is over the same
+    images, so their differences are paired: no error bars (the spread over images would hide
+    them).
+
+    Left, test images, against gradient or likelihood evaluations per image: the IWAE_K curve
+    (``curve``: K -> Estimate; K = 1 is the ELBO) and AIS (``ais``: steps -> AISEstimate), both
+    lower bounds. Right, images simulated from the model, against AIS steps: BDMC's lower and
+    upper bounds (``bdmc``: steps -> BDMCResult), between which log p(x) lies.
+    """
+    fig = Figure(figsize=(11, 4), layout="tight")
+    left, right = fig.subplots(1, 2)
+    if curve:
+        ks = sorted(curve)
+        left.plot(ks, [curve[k].mean for k in ks], marker="o", label="IWAE$_K$ (x: K; K=1: ELBO)")
+    if ais:
+        steps = sorted(ais)
+        left.plot([ais[t].evaluations for t in steps], [ais[t].mean for t in steps], marker="s",
+                  label="AIS (x: gradient evaluations)")
+        for t in steps:
+            left.annotate(f"{t} steps", (ais[t].evaluations, ais[t].mean), fontsize=7,
+                          textcoords="offset points", xytext=(4, -10))
+    left.set_xscale("log")
+    left.set_xlabel("evaluations of log p(x, z) per image")
+    left.set_ylabel("mean lower bound (nats per image)")
+    n = next(iter(ais.values())).per_image.numel() if ais else None
+    left.set_title(f"{n} test images" if n else "test images")
+    if bdmc:
+        steps = sorted(bdmc)
+        lower = [bdmc[t].lower.mean().item() for t in steps]
+        upper = [bdmc[t].upper.mean().item() for t in steps]
+        right.plot(steps, lower, marker="o", label="forward AIS (lower)")
+        right.plot(steps, upper, marker="v", label="reverse AIS (upper)")
+        right.fill_between(steps, lower, upper, alpha=0.2, label="log p(x) lies here")
+        right.set_xscale("log")
+        right.set_xticks(steps, [str(t) for t in steps])
+        right.minorticks_off()
+        gap = bdmc[steps[-1]].gap.mean().item()
+        right.set_title(f"{bdmc[steps[-1]].lower.numel()} simulated images: BDMC gap "
+                        f"{gap:.2f} nats at {steps[-1]} steps")
+    right.set_xlabel("AIS steps")
+    right.set_ylabel("mean bound (nats per image)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_inference_gaps(gap, title="Where the ELBO loses", ax=None):
+    """Per image (sorted by the total), log p(x) - ELBO[q] split into the approximation gap
+    log p(x) - ELBO[q*] and the amortization gap ELBO[q*] - ELBO[q], stacked; ``gap`` is an
+    :class:`~pyro_vae.inference_gap.InferenceGap`."""
+    order = torch.argsort(gap.log_px - gap.elbo_amortized)
+    approx = gap.approximation_gap[order].cpu().numpy()
+    amort = gap.amortization_gap[order].cpu().numpy()
+    fig, ax = _axes(ax, (max(6, len(order) * 0.2), 4))
+    x = range(len(order))
+    ax.bar(x, approx, color="tab:blue",
+           label=f"approximation gap (mean {approx.mean():.2f} nats)")
+    ax.bar(x, amort, bottom=approx, color="tab:orange",
+           label=f"amortization gap (mean {amort.mean():.2f} nats)")
+    # (an approximation gap below 0 means AIS fell short of ELBO[q*]: more AIS steps needed)
+    ax.scatter(x, approx + amort, marker="_", color="k", s=200, label="log p(x) - ELBO[q]")
+    ax.axhline(0, color="k", linewidth=0.8)
+    ax.set_xlabel("image (sorted by log p(x) - ELBO)")
+    ax.set_ylabel("nats")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
     return fig

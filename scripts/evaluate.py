@@ -1,13 +1,21 @@
 """Estimate the marginal log-likelihood of a trained VAE on its test set, with diagnostics.
 
-    python scripts/evaluate.py runs/svi                  # K = 5000 samples per image
+    python scripts/evaluate.py runs/svi                  # all of it, about 5 minutes on 2 cores
+    python scripts/evaluate.py runs/svi --ais-images 0 --bdmc-images 0 --gap-images 0
     python scripts/evaluate.py runs/svi/checkpoint_last.pt --samples 1000 --images 500
 
-Reports the test log p(x) estimate (IWAE_K) with its standard error over images, the ELBO, the
-bound curve E[IWAE_K] for K = 1, 5, 50, 500, 5000, Pareto k-hat per image (k-hat > 0.7: do not
-trust that image's estimate), active latent units and the KL per latent dimension. Writes
-evaluation.json, bound_curve.png, khat.png and kl_per_dimension.png to --out (default: the run
-directory).
+Lower bounds on the test images: IWAE_K (K = --samples) with its standard error over images,
+the ELBO, the bound curve E[IWAE_K] for K = 1, 5, 50, 500, 5000, and Pareto k-hat per image
+(k-hat > 0.7: do not trust that image's IWAE estimate). Then annealed importance sampling (AIS,
+HMC transitions) on --ais-images test images at each of --ais-steps; bidirectional Monte Carlo
+(BDMC) on --bdmc-images images simulated from the model, whose forward and reverse AIS sandwich
+log p(x) and so measure how far AIS at those steps is from it; and the split of log p(x) - ELBO
+on --gap-images test images into the approximation gap (the diagonal Gaussian family) and the
+amortization gap (one encoder for all images). Also active latent units and the KL per latent
+dimension.
+
+Writes evaluation.json, bound_curve.png, khat.png, kl_per_dimension.png, sandwich.png and
+inference_gaps.png to --out (default: the run directory).
 """
 
 import argparse
@@ -23,8 +31,13 @@ from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dimension
 from pyro_vae.errors import ConfigError
+from pyro_vae.ais import ais_log_likelihood
+from pyro_vae.bdmc import bdmc
 from pyro_vae.estimators import KHAT_THRESHOLD, bound_curve, log_likelihood
-from pyro_vae.plots import plot_bound_curve, plot_khat, plot_kl_per_dimension
+from pyro_vae.inference_gap import inference_gap
+from pyro_vae.plots import (
+    plot_bound_curve, plot_inference_gaps, plot_khat, plot_kl_per_dimension, plot_sandwich,
+)
 from pyro_vae.runs import resolve_device, write_json
 
 PROG = "evaluate.py"
@@ -38,6 +51,12 @@ class Config:
     curve: tuple = (1, 5, 50, 500, 5000)  # the K of the bound curve
     curve_images: int = 200  # test images in the bound curve
     batch_size: int = 100  # images per pass of the estimator
+    ais_images: int = 100  # test images for AIS (0: no AIS)
+    ais_steps: tuple = (10, 30, 100, 300)  # AIS schedules run; the longest is the estimate
+    ais_chains: int = 16  # AIS chains per image
+    leapfrog: int = 10  # leapfrog steps per HMC transition
+    bdmc_images: int = 20  # images simulated from the model for BDMC (0: none)
+    gap_images: int = 20  # test images for the inference-gap split (0: none)
     data_root: str = "data"
     download: bool = True
     device: str = "auto"
@@ -45,14 +64,19 @@ class Config:
     out: str = None  # default: the checkpoint's folder
 
 
-def parse_ks(text):
-    try:
-        ks = tuple(int(k) for k in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--curve takes comma-separated integers, got {text!r}")
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"--curve values must be positive integers, got {text!r}")
-    return ks
+def positive_ints(flag):
+    """An argparse type: comma-separated positive integers, as a sorted tuple."""
+    def parse(text):
+        try:
+            values = tuple(sorted({int(k) for k in text.split(",")}))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes comma-separated integers, got {text!r}") from None
+        if not values or values[0] < 1:
+            raise argparse.ArgumentTypeError(
+                f"{flag} values must be positive integers, got {text!r}")
+        return values
+    return parse
 
 
 def build_parser():
@@ -61,11 +85,27 @@ def build_parser():
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--samples", type=int, default=d.samples, help="K for log p(x) (default: %(default)s)")
     p.add_argument("--images", type=int, default=d.images, help="test images (default: %(default)s)")
-    p.add_argument("--curve", type=parse_ks, default=d.curve,
+    p.add_argument("--curve", type=positive_ints("--curve"), default=d.curve,
                    help="K values of the bound curve (default: 1,5,50,500,5000)")
     p.add_argument("--curve-images", type=int, default=d.curve_images,
                    help="test images in the bound curve (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per pass (default: %(default)s)")
+    g = p.add_argument_group("AIS, BDMC and the inference gaps")
+    g.add_argument("--ais-images", type=int, default=d.ais_images,
+                   help="test images for AIS; 0 skips it (default: %(default)s)")
+    g.add_argument("--ais-steps", type=positive_ints("--ais-steps"), default=d.ais_steps,
+                   help="AIS schedules (intermediate densities) to run, for AIS and BDMC; the "
+                   "longest gives the estimate (default: 10,30,100,300)")
+    g.add_argument("--ais-chains", type=int, default=d.ais_chains,
+                   help="AIS chains per image (default: %(default)s)")
+    g.add_argument("--leapfrog", type=int, default=d.leapfrog,
+                   help="leapfrog steps per HMC transition (default: %(default)s)")
+    g.add_argument("--bdmc-images", type=int, default=d.bdmc_images,
+                   help="images simulated from the model for BDMC; 0 skips it "
+                   "(default: %(default)s)")
+    g.add_argument("--gap-images", type=int, default=d.gap_images,
+                   help="test images for the inference-gap split; 0 skips it "
+                   "(default: %(default)s)")
     p.add_argument("--data-root", default=d.data_root, help="default: %(default)s")
     p.add_argument("--no-download", dest="download", action="store_false")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
@@ -75,10 +115,14 @@ def build_parser():
 
 
 def run(cfg):
-    for name in ("samples", "images", "curve_images", "batch_size"):
+    for name in ("samples", "images", "curve_images", "batch_size", "ais_chains", "leapfrog"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
                               f"got {getattr(cfg, name)}")
+    for name in ("ais_images", "bdmc_images", "gap_images"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 (skip) or a positive "
+                              f"number of images, got {getattr(cfg, name)}")
     device = resolve_device(cfg.device)
     path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(path)
@@ -112,12 +156,14 @@ def run(cfg):
         save_figures({"kl_per_dimension.png": plot_kl_per_dimension(kl, activity)}, out)
     except NotImplementedError as e:
         print(f"[{PROG}] no KL per dimension: {e}")
-    write_json(result, os.path.join(out, "evaluation.json"))
-    save_figures({
+    figures = {
         "bound_curve.png": plot_bound_curve(
             curve, title=f"Bounds on {len(x[: cfg.curve_images])} test images"),
         "khat.png": plot_khat(est.khat, threshold=KHAT_THRESHOLD),
-    }, out)
+    }
+    result.update(sandwich(vae, data.x_test, cfg, curve, x[: cfg.curve_images], figures))
+    write_json(result, os.path.join(out, "evaluation.json"))
+    save_figures(figures, out)
 
     s = result["loglik"]
     print(f"[{PROG}] log p(x) >= {s['mean']:.2f} +- {s['stderr']:.2f} nats per image "
@@ -127,9 +173,57 @@ def run(cfg):
     print(f"[{PROG}] Pareto k-hat > {KHAT_THRESHOLD} for {s['frac_unreliable']:.1%} of images "
           f"(max {s['khat_max']:.2f}); mean ESS {s['ess_mean']:.1f} of {cfg.samples}")
     print(f"[{PROG}] active units: {n_active} of {len(activity)}")
-    print(f"[{PROG}] wrote {out}/: evaluation.json bound_curve.png khat.png"
-          + (" kl_per_dimension.png" if "kl_per_dimension" in result else ""))
+    written = ["evaluation.json", *(["kl_per_dimension.png"] if "kl_per_dimension" in result
+                                    else []), *figures]
+    print(f"[{PROG}] wrote {out}/: {' '.join(written)}")
     return result
+
+
+def sandwich(vae, x_test, cfg, curve, curve_x, figures):
+    """AIS on test images at each of ``cfg.ais_steps``, BDMC on simulated images, and the gap
+    split; prints a line for each, adds the figures, returns the results' JSON sections."""
+    kw = dict(num_chains=cfg.ais_chains, num_leapfrog=cfg.leapfrog, progress=True)
+    longest, out = cfg.ais_steps[-1], {}
+    ais = {}
+    if cfg.ais_images:
+        x = x_test[: cfg.ais_images]
+        for steps in cfg.ais_steps:
+            ais[steps] = ais_log_likelihood(vae.model, vae.guide, x, num_steps=steps, **kw)
+            print(f"[{PROG}] AIS, {steps} steps x {cfg.ais_chains} chains x {cfg.leapfrog} "
+                  f"leapfrog on {len(x)} test images: log p(x) >= {ais[steps].mean:.2f} +- "
+                  f"{ais[steps].stderr:.2f} ({ais[steps].evaluations:,} gradient evaluations "
+                  f"per image; acceptance {ais[steps].acceptance.mean():.2f})")
+        if len(curve_x) != len(x):  # the IWAE curve on the very images AIS saw
+            curve = bound_curve(vae.model, vae.guide, x, ks=cfg.curve, batch_size=cfg.batch_size)
+        out["ais"] = {"num_images": len(x),
+                      "iwae_curve": {str(k): e.summary() for k, e in curve.items()},
+                      "by_steps": {str(t): e.summary() for t, e in ais.items()},
+                      "per_image": ais[longest].per_image.tolist()}
+    runs = {}
+    if cfg.bdmc_images:
+        for steps in cfg.ais_steps:
+            pyro.set_rng_seed(cfg.seed + 1)  # the same simulated images at every schedule
+            runs[steps] = bdmc(vae.model, vae.guide, x_test[: cfg.bdmc_images], num_steps=steps,
+                               **kw)
+            s = runs[steps].summary()
+            print(f"[{PROG}] BDMC, {steps} steps on {cfg.bdmc_images} simulated images: "
+                  f"{s['lower_mean']:.2f} <= log p(x) <= {s['upper_mean']:.2f} (gap "
+                  f"{s['gap_mean']:.2f} +- {s['gap_stderr']:.2f} nats)")
+        out["bdmc"] = {str(t): r.summary() for t, r in runs.items()}
+    if ais or runs:
+        figures["sandwich.png"] = plot_sandwich(curve if ais else None, ais, runs)
+    if cfg.gap_images:
+        x = x_test[: cfg.gap_images]
+        known = ais[longest].per_image[: len(x)] if len(x) <= cfg.ais_images else None
+        gap = inference_gap(vae.model, vae.guide, x, log_px=known, num_steps=longest, **kw)
+        out["inference_gap"] = gap.summary()
+        figures["inference_gaps.png"] = plot_inference_gaps(
+            gap, title=f"Where the ELBO loses, on {len(x)} test images")
+        s = gap.summary()
+        print(f"[{PROG}] on {len(x)} test images: log p(x) (AIS, {longest} steps) "
+              f"{s['log_px']:.2f} = ELBO {s['elbo_amortized']:.2f} + approximation gap "
+              f"{s['approximation_gap']:.2f} + amortization gap {s['amortization_gap']:.2f}")
+    return out
 
 
 def main(argv=None):

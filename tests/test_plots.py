@@ -9,7 +9,10 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae import plots
+from pyro_vae.ais import AISEstimate
+from pyro_vae.bdmc import BDMCResult
 from pyro_vae.estimators import Estimate
+from pyro_vae.inference_gap import InferenceGap
 
 from conftest import ROOT, tiny_images
 
@@ -25,7 +28,20 @@ def _calls():
     history = [{"epoch": e, "train_loss": 10.0 - e, "test_loss": 11.0 - e} for e in (1, 2, 3)]
     x = tiny_images(6)
     curve = {1: _estimate(-3.0), 5: _estimate(-2.5), 50: _estimate(-2.2)}
+    ais = {t: AISEstimate(per_image=torch.full((4,), -2.1 + 0.01 * t), num_samples=3,
+                          ess=torch.ones(4), betas=torch.linspace(0, 1, t + 1),
+                          step_size=torch.full((t - 1,), 0.1), acceptance=torch.full((t - 1,), 0.6),
+                          evaluations=30 * t) for t in (3, 10)}
+    bdmc = {t: BDMCResult(lower=torch.full((4,), -2.0 - 1 / t), upper=torch.full((4,), -2.0 + 1 / t),
+                          x=x[:4], num_steps=t, num_chains=3, ess_forward=torch.ones(4),
+                          ess_reverse=torch.ones(4), acceptance_forward=torch.full((t - 1,), 0.6),
+                          acceptance_reverse=torch.full((t - 1,), 0.6)) for t in (3, 10)}
+    gap = InferenceGap(log_px=torch.tensor([-2.0, -3.0, -1.0]),
+                       elbo_amortized=torch.tensor([-3.0, -3.5, -2.0]),
+                       elbo_optimal=torch.tensor([-2.5, -3.2, -0.9]), steps=100)
     return {
+        "plot_sandwich": (False, lambda **k: plots.plot_sandwich(curve, ais, bdmc)),
+        "plot_inference_gaps": (True, lambda **k: plots.plot_inference_gaps(gap, **k)),
         "plot_curves": (True, lambda **k: plots.plot_curves(history, **k)),
         "plot_image_grid": (True, lambda **k: plots.plot_image_grid(x, "grid", nrow=3, **k)),
         "plot_latents": (True, lambda **k: plots.plot_latents(torch.randn(6, 3),

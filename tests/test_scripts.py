@@ -107,9 +107,12 @@ def test_evaluate_writes_bounds_and_diagnostics(svi_run, tmp_path):
     out, _ = svi_run
     proc = run_script("evaluate.py", out, "--no-download", "--data-root", tmp_path / "data",
                       "--samples", "30", "--images", "40", "--curve", "1,3,30",
-                      "--curve-images", "20", "--out", tmp_path / "eval")
+                      "--curve-images", "20", "--out", tmp_path / "eval", "--ais-images", "6",
+                      "--ais-steps", "8,2", "--ais-chains", "3", "--leapfrog", "2",
+                      "--bdmc-images", "4", "--gap-images", "3")
     assert proc.returncode == 0, proc.stderr
-    for name in ("evaluation.json", "bound_curve.png", "khat.png", "kl_per_dimension.png"):
+    for name in ("evaluation.json", "bound_curve.png", "khat.png", "kl_per_dimension.png",
+                 "sandwich.png", "inference_gaps.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0, name
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert result["loglik"]["num_samples"] == 30 and result["loglik"]["num_images"] == 40
@@ -119,6 +122,18 @@ def test_evaluate_writes_bounds_and_diagnostics(svi_run, tmp_path):
     assert curve["1"]["mean"] < curve["30"]["mean"]  # more samples, tighter bound
     assert len(result["activity"]) == 4 and 0 <= result["active_units"] <= 4
     assert len(result["kl_per_dimension"]) == 4
+    # AIS at each schedule, on the 6 images the IWAE curve beside it was recomputed on
+    ais = result["ais"]
+    assert list(ais["by_steps"]) == ["2", "8"] and len(ais["per_image"]) == 6
+    assert ais["num_images"] == 6 and list(ais["iwae_curve"]) == ["1", "3", "30"]
+    assert ais["by_steps"]["8"]["num_samples"] == 3
+    assert ais["by_steps"]["8"]["gradient_evaluations"] > ais["by_steps"]["2"]["gradient_evaluations"]
+    assert list(result["bdmc"]) == ["2", "8"] and result["bdmc"]["8"]["num_images"] == 4
+    gap = result["inference_gap"]
+    assert gap["num_images"] == 3
+    assert gap["log_px"] - gap["elbo_amortized"] == pytest.approx(
+        gap["approximation_gap"] + gap["amortization_gap"], abs=1e-4)
+    assert "BDMC, 8 steps on 4 simulated images" in proc.stdout
 
 
 def test_evaluate_refuses_a_corrupt_checkpoint(tmp_path):
