@@ -164,7 +164,7 @@ class _Target:
 
     def evaluate(self, u, grad=True):
         """``base, g`` ``(C, N)`` and, with ``grad``, their gradients ``(C, N, D)`` in u."""
-        with torch.enable_grad(), pyro.validation_enabled(self._validate):
+        with torch.set_grad_enabled(grad), pyro.validation_enabled(self._validate):
             self._validate = False
             u = u.detach().requires_grad_(grad)
             z, log_jac = self.unflatten(u)
