@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, lookup
+from .resources import available_memory, format_bytes
 
 __all__ = [
     "BINARIZATIONS",
@@ -262,6 +263,32 @@ def _load_fashion_mnist(root, download):
 # ---------------------------------------------------------------------------------------------
 
 MIN_TRAIN_IMAGES = 10  # fewer than this cannot make a training run worth its name
+IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what an image (and every figure) can show
+# bytes held per pixel while loading: the array as stored, its float32 copy, a binarized copy
+_LOADING_BYTES_PER_PIXEL = 8
+
+
+def _check_declared_sizes(path, npz, keys):
+    """Refuse, before reading them, arrays whose headers declare more than the memory free."""
+    total, biggest = 0, None
+    for key in keys:
+        try:
+            with npz.zip.open(key + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(f)
+        except Exception:  # unreadable headers are reported by the read itself
+            continue
+        size = int(np.prod(shape, dtype=object)) * (dtype.itemsize + _LOADING_BYTES_PER_PIXEL)
+        total += size
+        if biggest is None or size > biggest[1]:
+            biggest = (f"{key} of shape {tuple(shape)} ({dtype})", size)
+    free = available_memory()
+    if total > free:
+        raise DataError(f"{path}: its arrays need about {format_bytes(total)} to load, more than "
+                        f"the {format_bytes(free)} of memory free (largest: {biggest[0]}); use "
+                        "fewer or smaller images")
 
 
 def _npz_images(path, key, array):
@@ -274,6 +301,11 @@ def _npz_images(path, key, array):
     elif array.shape[1] > 4 and array.shape[-1] <= 4:
         raise DataError(f"{where} has shape {array.shape}, which looks channels-last; save it as "
                         "(N, C, H, W), e.g. np.moveaxis(x, -1, 1)")
+    if array.shape[1] not in IMAGE_CHANNELS:
+        raise DataError(f"{where} has {array.shape[1]} channels (shape {array.shape}); images "
+                        "must have 1 (grey), 3 (RGB) or 4 (RGBA) channels")
+    if min(array.shape[2:]) < 1:
+        raise DataError(f"{where} has shape {array.shape}: images of no pixels")
     if array.dtype == np.bool_:
         array = array.astype(np.float32)
     elif np.issubdtype(array.dtype, np.integer):
@@ -323,6 +355,7 @@ def load_npz(path):
         if missing:
             raise DataError(f"{path} has no {missing[0]} array (it has: {', '.join(files) or 'none'}); "
                             "it needs x_train and x_test, and optionally y_train and y_test")
+        _check_declared_sizes(path, npz, ("x_train", "x_test"))
         try:
             x_train = _npz_images(path, "x_train", np.asarray(npz["x_train"]))
             x_test = _npz_images(path, "x_test", np.asarray(npz["x_test"]))

@@ -18,12 +18,18 @@ def batched(fn, x, batch_size=1000):
 
 def class_pairs(labels, num_pairs=3):
     """Index pairs ``(i, j)`` of the first images of classes (0, 1), (2, 3), ... among those
-    present in ``labels`` ``(N,)``: endpoints for interpolations between different classes."""
+    present in ``labels`` ``(N,)``: endpoints for interpolations between different classes.
+    With fewer than two classes (one class, or no labels), pairs of consecutive images
+    (0, 1), (2, 3), ... instead; a single image is paired with itself. Never empty for N >= 1."""
     firsts = {}
     for i, label in enumerate(labels.tolist()):
         firsts.setdefault(label, i)
     classes = sorted(firsts)
-    return [(firsts[a], firsts[b]) for a, b in zip(classes[0::2], classes[1::2])][:num_pairs]
+    pairs = [(firsts[a], firsts[b]) for a, b in zip(classes[0::2], classes[1::2])][:num_pairs]
+    if pairs or len(labels) == 0:
+        return pairs
+    n = len(labels)
+    return [(i, i + 1) for i in range(0, n - 1, 2)][:num_pairs] or [(0, 0)]
 
 
 @torch.no_grad()

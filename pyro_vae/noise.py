@@ -13,6 +13,8 @@ All randomness comes from ``generator`` (a ``torch.Generator`` on ``x.device``, 
 global one), so a training stream is reproducible from the generator's state.
 """
 
+import math
+
 import torch
 
 from .errors import ConfigError, lookup
@@ -27,8 +29,9 @@ class _Noise:
 
     def __init__(self, level):
         level = float(level)
-        if not level >= 0 or (self.max_level is not None and level > self.max_level):
-            bound = f"in [0, {self.max_level}]" if self.max_level is not None else ">= 0"
+        top = self.max_level if self.max_level is not None else math.inf
+        if not (0 <= level <= top and math.isfinite(level)):
+            bound = f"in [0, {self.max_level}]" if self.max_level is not None else "finite, >= 0"
             raise ConfigError(f"the {self.name} noise level ({self.level_name}) must be {bound}, "
                               f"got {level}")
         self.level = level

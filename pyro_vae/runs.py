@@ -8,7 +8,9 @@ A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one r
 
 import csv
 import json
+import math
 import os
+import tempfile
 
 import torch
 from tqdm import tqdm
@@ -18,8 +20,9 @@ from .errors import CheckpointError, RunError, lookup
 from .files import atomic_write
 
 __all__ = [
-    "RUN_MARKERS",
+    "RUN_FILES",
     "Recorder",
+    "check_out",
     "check_run_dir",
     "prepare_run_dir",
     "resolve_device",
@@ -29,8 +32,10 @@ __all__ = [
     "write_metrics",
 ]
 
-# Files whose presence means a directory already holds a run.
-RUN_MARKERS = ("config.json", "checkpoint_last.pt", "metrics.csv", "summary.json")
+# The files every training run writes besides its figures (checkpoint_interrupted.pt only when
+# stopped).
+RUN_FILES = ("config.json", "metrics.csv", "metrics.json", "checkpoint_last.pt",
+             "checkpoint_best.pt", "checkpoint_interrupted.pt", "summary.json")
 
 
 def resolve_device(name):
@@ -43,29 +48,65 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def check_run_dir(path, overwrite=False):
-    """RunError if ``path`` is a file, or already holds a run and ``overwrite`` is not set."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunError(f"--out {path} is a file, not a directory; choose another --out")
-    found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(path, m))]
+def _first_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_out(path, files, overwrite=False, *, flag="--out", what="a run"):
+    """Refuse (RunError) an output folder that cannot be one, or that holds any of ``files``
+    (the names, relative to ``path``, of everything the caller will write) unless
+    ``overwrite``: a file where the folder should be, a folder under a file, a place where
+    nothing can be created. Creates nothing."""
+    existing = _first_existing(path)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, a file"
+        raise RunError(f"{flag} {path} {where}, not a folder; choose another {flag}")
+    try:  # can a file be created there? (os.access says yes to root, even on /proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as e:
+        raise RunError(f"{flag} {path}: nothing can be created in {existing} ({e.strerror or e}); "
+                       f"choose another {flag}") from None
+    found = [f for f in files if os.path.lexists(os.path.join(path, f))]
     if found and not overwrite:
-        raise RunError(
-            f"{path} already holds a run ({found[0]}); pass --overwrite to replace it, "
-            "--resume to continue it, or choose another --out"
-        )
+        raise RunError(f"{path} already holds {what} ({found[0]}); pass --overwrite to replace "
+                       f"it, {'--resume to continue it, ' if what == 'a run' else ''}"
+                       f"or choose another {flag}")
 
 
-def prepare_run_dir(path, overwrite=False):
-    """Create ``path``; refuse (RunError) if it already holds a run, unless ``overwrite``."""
-    check_run_dir(path, overwrite)
-    os.makedirs(path, exist_ok=True)
+def check_run_dir(path, files, overwrite=False):
+    """:func:`check_out` for a training run's folder."""
+    check_out(path, files, overwrite)
+
+
+def prepare_run_dir(path, files, overwrite=False):
+    """Create ``path`` after :func:`check_out`; a file system that refuses is a RunError."""
+    check_out(path, files, overwrite)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create {path} ({e.strerror or e}); choose another --out") from None
+
+
+def _json_safe(obj):
+    """``obj`` with every float that is not finite replaced by None (JSON has no inf or NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def write_json(obj, path):
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON, atomically; NaN and infinities become null, so that every
+    JSON reader can read the file (``allow_nan=False`` guards it)."""
+    text = json.dumps(_json_safe(obj), indent=2, allow_nan=False)
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(text + "\n")
 
 
 def write_metrics(history, folder):
@@ -98,9 +139,9 @@ def set_rng_state(state, generator):
 class Recorder:
     """Per-epoch bookkeeping of a run directory, passed to a training loop as ``on_epoch``.
 
-    Each call appends the epoch's row to ``history``, rewrites the metrics files, saves
-    ``checkpoint_last.pt`` (model, optimizer, config, epoch, random states, history) and, when the
-    test loss is the lowest so far, ``checkpoint_best.pt``, then prints one line.
+    Each call appends the epoch's row to ``history``; saves, when the test loss is the lowest so
+    far, ``checkpoint_best.pt``, then ``checkpoint_last.pt`` (model, optimizer, config, epoch,
+    random states, history); then rewrites the metrics files, and prints one line.
     """
 
     def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):
@@ -122,6 +163,7 @@ class Recorder:
             raise CheckpointError(f"the checkpoint in {self.out} does not fit the model its "
                                   f"config describes ({first})") from None
         self.best = min((row["test_loss"] for row in self.history), default=float("inf"))
+        write_metrics(self.history, self.out)  # metrics agree with the checkpoint resumed
         return epoch
 
     def state(self, epoch):
@@ -130,13 +172,20 @@ class Recorder:
                 "history": self.history}
 
     def __call__(self, row):
+        # The checkpoints first, the metrics only once they are written: metrics.json never
+        # claims an epoch that checkpoint_last.pt lacks (a full disk stops the run between).
         self.history.append(row)
-        write_metrics(self.history, self.out)
         state = self.state(row["epoch"])
-        save_checkpoint(state, os.path.join(self.out, "checkpoint_last.pt"))
-        if row["test_loss"] < self.best:
-            self.best = row["test_loss"]
-            save_checkpoint(state, os.path.join(self.out, "checkpoint_best.pt"))
+        try:
+            if row["test_loss"] < self.best:
+                save_checkpoint(state, os.path.join(self.out, "checkpoint_best.pt"))
+            save_checkpoint(state, os.path.join(self.out, "checkpoint_last.pt"))
+            write_metrics(self.history, self.out)
+        except RunError as e:
+            self.history.pop()
+            raise RunError(f"{e}; checkpoint_last.pt keeps epoch {self.last_epoch}, continue "
+                           f"with --resume {self.out}") from None
+        self.best = min(self.best, row["test_loss"])
         tqdm.write(f"epoch {row['epoch']:4d}/{self.epochs}  train {self.loss_label} "
                    f"{row['train_loss']:8.2f}  test {self.loss_label} {row['test_loss']:8.2f}  "
                    f"({row['images_per_second']:.0f} images/s)")

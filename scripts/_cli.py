@@ -1,24 +1,32 @@
 """What the training scripts share: common flags and their checks, --resume, and the error policy.
 
 The policy of every script's ``main``: a user mistake (a :class:`~pyro_vae.errors.UserError`: bad
-flag, bad data, unusable checkpoint or run directory) prints one line ``<prog>: error: <what is wrong and what to do>`` and exits 2; a
-run that fails (a non-finite loss) exits 1 after saying where its last good checkpoint is;
-Ctrl-C saves the weights, says how to resume, and exits 130. No traceback for any of them; any
-other exception is a bug and keeps its traceback.
+flag, bad data, unusable checkpoint or run directory) prints one line ``<prog>: error: <what is
+wrong and what to do>`` and exits 2; a run that fails (a non-finite loss) exits 1 after saying
+where its last good checkpoint is; Ctrl-C or SIGTERM saves the weights, says how to resume, and
+exits 130. No traceback for any of them; any other exception is a bug and keeps its traceback.
+
+Every check runs before the first training step: flags (names, ranges, finite numbers, seeds),
+the output folder (nothing the run will write may exist there without --overwrite), the data,
+the model's size against free memory. ``--resume`` finishes whatever a stopped run lacks.
 """
 
 import argparse
 import dataclasses
+import math
 import os
+import signal
 import sys
+import threading
 
 import matplotlib
 import pyro
 
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.checkpoint import RESUME_FIELDS, check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
 from pyro_vae.nets import NETS
+from pyro_vae.resources import check_model_size
 from pyro_vae.runs import check_run_dir, prepare_run_dir
 from pyro_vae.train import NonFiniteLossError
 
@@ -41,10 +49,21 @@ def make_parser(prog, doc):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training, after the weights were saved to ``path``."""
+    """Ctrl-C (or SIGTERM) during a run, after what could be saved was; the message says what
+    was saved and how to go on."""
 
-    def __init__(self, path, epoch):
-        self.path, self.epoch = path, epoch
+
+def interrupted_in_training(path, epoch, out):
+    """The :class:`Interrupted` of a stop mid-training, the weights saved to ``path``."""
+    then = (f"checkpoint_last.pt holds epoch {epoch}, continue with --resume {out}" if epoch
+            else f"no epoch had finished; start it again with --resume {out}")
+    return Interrupted(f"the weights are saved in {path}; {then}")
+
+
+def interrupted_after_training(epochs, out):
+    """The :class:`Interrupted` of a stop once training was over (evaluation, figures)."""
+    return Interrupted(f"checkpoint_last.pt holds all {epochs} epochs; finish the evaluation, "
+                       f"summary and figures with --resume {out}")
 
 
 def add_data_args(p, d):
@@ -82,28 +101,50 @@ def add_output_args(p, d):
     g.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR up to --epochs; its other settings come from "
-                   "its checkpoint")
+                   help="continue the run in RUN_DIR up to --epochs (default: its own), or finish "
+                   "what it lacks (evaluation, summary, figures); its other settings come from "
+                   "its checkpoint, and a flag that differs from them is refused")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return g
 
 
 def check_positive(cfg, names):
+    """Each setting of ``names`` an integer >= 1."""
     for name in names:
         value = getattr(cfg, name)
-        if value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
+def check_positive_finite(cfg, names):
+    """Each setting of ``names`` a finite number > 0 (inf and NaN are refused)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive and finite, "
+                              f"got {value}")
+
+
+SEED_RANGE = 2**32  # numpy's and torch's generators take seeds in [0, 2**32)
+
+
+def check_seed(value, flag="--seed"):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_RANGE:
+        raise ConfigError(f"{flag} must be an integer in [0, 2**32), got {value}")
+
+
 def check_common(cfg):
-    """The checks every training config needs: names, sizes, learning rate."""
-    if not is_dataset_file(cfg.dataset):
+    """The checks every training config needs: names, sizes, learning rate, seed; a dataset
+    path is made absolute, so that --resume and evaluate.py find it from any folder."""
+    if is_dataset_file(cfg.dataset):
+        cfg.dataset = os.path.abspath(cfg.dataset)
+    else:
         lookup(DATASETS, "--dataset", cfg.dataset)
     lookup(BINARIZATIONS, "--binarize", cfg.binarize)
     lookup(NETS, "--arch", cfg.arch)
     check_positive(cfg, ("epochs", "batch_size", "latent_dim", "hidden_dim"))
-    if not cfg.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    check_positive_finite(cfg, ("lr",))
+    check_seed(cfg.seed)
 
 
 def check_support(likelihood, data, binarize):
@@ -115,41 +156,148 @@ def check_support(likelihood, data, binarize):
         likelihood.check_data(data.x_train, "training set")
 
 
-def config_from_args(config_cls, args, model, script):
-    """The run's config and, with ``--resume``, its checkpoint state. A resumed run keeps its
-    saved settings except ``epochs``, ``device`` and where its data are read from."""
+def parse_args(build_parser, argv):
+    """``(args, explicit)``: the parsed flags, and the names of those given on the command line
+    (parsed a second time with every default replaced by a marker)."""
+    args = build_parser().parse_args(argv)
+    bare, unset = build_parser(), object()
+    for action in bare._actions:
+        action.default = unset
+    return args, {k for k, v in vars(bare.parse_args(argv)).items() if v is not unset}
+
+
+# Flags --resume takes from the command line; every other setting comes from the run.
+RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
+
+
+def _differs(name, passed, saved):
+    if name == "dataset" and isinstance(passed, str) and is_dataset_file(passed):
+        passed = os.path.abspath(passed)
+    return passed != saved
+
+
+def config_from_args(config_cls, args, explicit, model, script, outputs):
+    """``(cfg, resume_state, overwrite)``: the run's config, with ``--resume`` its checkpoint
+    state, and whether the run may replace files in its folder.
+
+    A resumed run keeps its saved settings except ``epochs`` (default: the run's own),
+    ``device`` and where its data are read from; a flag given on the command line that differs
+    from the run's setting is refused. A run whose epochs are all done but which lacks some of
+    ``outputs(cfg)`` (stopped during its evaluation) is finished; a run stopped before its first
+    epoch (a config.json and no checkpoint) is started again in place."""
     if not args.resume:
         cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
-        return cfg, None
-    state = load_checkpoint(os.path.join(args.resume, "checkpoint_last.pt"))
-    saved = dict(state["config"])
-    if saved.get("model", "vae") not in model:
-        raise CheckpointError(f"{args.resume} holds a run of {saved.get('model', 'vae')!r}; "
-                              f"resume it with the script that made it, not {script}")
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    saved = {k: v for k, v in saved.items() if k in names}
-    saved.update(epochs=args.epochs, out=args.resume, device=args.device,
-                 data_root=args.data_root, download=args.download)
+        return cfg, None, args.overwrite
+    run_dir = args.resume
+    if "overwrite" in explicit:
+        raise ConfigError("--overwrite and --resume exclude each other: --resume continues the "
+                          f"run in {run_dir} and replaces nothing")
+    if "out" in explicit and os.path.abspath(args.out) != os.path.abspath(run_dir):
+        raise ConfigError(f"--out {args.out} differs from --resume {run_dir}: a resumed run "
+                          "stays in its folder; drop --out")
+    last = os.path.join(run_dir, "checkpoint_last.pt")
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(last) or not os.path.isfile(config_path):
+        state = load_checkpoint(last, resume=True)
+        saved, where = dict(state["config"]), f"{last}: its config"
+    else:  # stopped before its first epoch: start it again from its config
+        state, saved, where = None, _read_config(config_path), config_path
+    kind = saved.get("model", "vae")
+    if kind not in model:
+        raise CheckpointError(f"{run_dir} holds a run of {kind!r}; resume it with the script "
+                              f"that made it, not {script}")
+    fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    check_fields(saved, {k: t for k, t in fields.items()
+                         if k not in (*RESUME_SETTINGS, "out") and t in (str, int, float, bool)},
+                 where)
+    for name in sorted(explicit & set(fields) - {*RESUME_SETTINGS, "out"}):
+        if _differs(name, getattr(args, name), saved[name]):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {getattr(args, name)} differs from the run in {run_dir} "
+                              f"({name} {saved[name]}); --resume keeps a run's settings: drop "
+                              f"{flag}, or start a new run with another --out")
+    saved = {k: v for k, v in saved.items() if k in fields}
+    saved.update(out=run_dir, device=args.device, data_root=args.data_root,
+                 download=args.download)
+    if "epochs" in explicit:
+        saved["epochs"] = args.epochs
     cfg = config_cls(**saved)
-    if cfg.epochs <= state["epoch"]:
-        raise RunError(f"{args.resume} has already run {state['epoch']} epochs; pass a larger "
-                       "--epochs to continue it")
-    return cfg, state
+    if state is None:
+        return cfg, None, True
+    done = state["epoch"]
+    missing = [f for f in outputs(cfg) if f != "checkpoint_interrupted.pt"
+               and not os.path.exists(os.path.join(run_dir, f))]
+    if cfg.epochs < done or (cfg.epochs == done and not missing):
+        raise RunError(f"{run_dir} has already run {done} epochs; pass a larger --epochs to "
+                       "continue it")
+    if cfg.epochs == done:
+        print(f"[{script}] {run_dir} has its {done} epochs; finishing what it lacks "
+              f"({', '.join(missing)})")
+    return cfg, state, False
 
 
-def start(cfg, resume, overwrite):
-    """Check the run directory (refusing a finished run without ``overwrite``) and seed
-    everything from ``cfg.seed``; called before the data are loaded and the model is built."""
+def _read_config(path):
+    import json
+
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable config ({e}); start the run again "
+                              "with --overwrite") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no settings; start the run again with --overwrite")
+    return saved
+
+
+def start(cfg, resume, overwrite, files):
+    """Check the run directory (refusing, without ``overwrite``, a folder holding any of
+    ``files``, the names of what the run writes) and seed everything from ``cfg.seed``; called
+    before the data are loaded and the model is built."""
     if not resume:
-        check_run_dir(cfg.out, overwrite)
+        check_run_dir(cfg.out, files, overwrite)
     pyro.set_rng_seed(cfg.seed)
 
 
-def claim_run_dir(cfg, resume, overwrite):
+def claim_run_dir(cfg, resume, overwrite, files):
     """Create the run directory, once the data and the model have passed their checks, so that
     a refused run leaves no folder behind."""
     if not resume:
-        prepare_run_dir(cfg.out, overwrite=overwrite)
+        prepare_run_dir(cfg.out, files, overwrite=overwrite)
+
+
+def finish_run(out):
+    """After a run's last output is written: a stale ``checkpoint_interrupted.pt`` goes."""
+    stale = os.path.join(out, "checkpoint_interrupted.pt")
+    if os.path.exists(stale):
+        os.remove(stale)
+
+
+def failed_at(error, recorder):
+    """Say, on a :class:`NonFiniteLossError`, what the run kept: its last good checkpoint, or
+    nothing when no epoch had finished."""
+    error.saved = (f"the last good checkpoint, checkpoint_last.pt of epoch {recorder.last_epoch}, "
+                   "is kept" if recorder.last_epoch else
+                   "no epoch had finished, so no checkpoint was written")
+    return error
+
+
+def check_model_memory(build, cfg, data, device, particles=1):
+    """Refuse, before allocating it, a model (and training batch) larger than the memory free
+    on ``device``: built on torch's meta device, counted, compared (see pyro_vae.resources)."""
+    image_shape = data.image_shape
+    pixels = math.prod(image_shape)
+    conv = cfg.arch == "conv"
+    # activations kept for the backward pass, per image and particle: the image through each
+    # layer (64 channels of it for the conv nets), the hidden layers, the code
+    per_item = pixels * (64 if conv else 4) + 4 * cfg.hidden_dim + 8 * cfg.latent_dim
+    settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --latent-dim {cfg.latent_dim} "
+                f"--batch-size {cfg.batch_size}" + (f" --num-particles {particles}"
+                                                     if particles > 1 else "")
+                + f" on {'x'.join(map(str, image_shape))} images")
+    check_model_size(build, activations_per_item=per_item,
+                     items=min(cfg.batch_size, len(data.x_train)) * particles, settings=settings,
+                     device=device)
 
 
 def save_figures(figures, out):
@@ -158,26 +306,33 @@ def save_figures(figures, out):
         fig.savefig(os.path.join(out, name), dpi=120)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_main(prog, body):
-    """Call ``body()`` under the error policy above; returns the exit code (``body``'s return
-    value if it returns an int, e.g. that of a training script it ran)."""
+    """Call ``body()`` under the error policy above, SIGTERM handled as Ctrl-C; returns the exit
+    code (``body``'s return value if it returns an int, e.g. that of a training script it ran)."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, handler) for sig, handler in (
+            (signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupt))}
     try:
         code = body()
     except UserError as e:  # not ValueError: a bug inside keeps its traceback
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"{prog}: error: {e}; the last good checkpoint is kept in the run directory",
-              file=sys.stderr)
+        saved = getattr(e, "saved", "the last good checkpoint is kept in the run directory")
+        print(f"{prog}: error: {e}; {saved}", file=sys.stderr)
         return 1
     except Interrupted as e:
-        run_dir = os.path.dirname(e.path)
-        then = (f"checkpoint_last.pt holds epoch {e.epoch}, continue with --resume {run_dir}"
-                if e.epoch else "no epoch had finished, so start again with --overwrite")
-        print(f"{prog}: interrupted: the weights are saved in {e.path}; {then}", file=sys.stderr)
+        print(f"{prog}: interrupted: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted outside training; files already written are kept",
-              file=sys.stderr)
+        print(f"{prog}: interrupted; files already written are kept", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return code or 0

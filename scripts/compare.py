@@ -12,6 +12,8 @@ codes; VAE: z ~ p(z)), scored by a small digit classifier trained here (confiden
 Frechet distance to held-out digits); and interpolations between test images in each latent space.
 """
 
+import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
+
 import dataclasses
 import os
 import sys
@@ -22,8 +24,8 @@ import torch
 import train_baselines
 import train_svi
 from _cli import (
-    add_data_args, add_net_args, add_training_args, check_common, make_parser, run_main,
-    save_figures,
+    add_data_args, add_net_args, add_training_args, check_common, check_positive, make_parser,
+    run_main, save_figures,
 )
 from pyro_vae.autoencoders import fit_code_distribution
 from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
@@ -34,9 +36,9 @@ from pyro_vae.errors import ConfigError, RunError, lookup
 from pyro_vae.files import atomic_write
 from pyro_vae.latents import batched, class_pairs, interpolate
 from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.noise import make_noise, psnr
+from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_image_rows, plot_psnr
-from pyro_vae.runs import prepare_run_dir, resolve_device, write_json
+from pyro_vae.runs import check_out, prepare_run_dir, resolve_device, write_json
 
 PROG = "compare.py"
 # model -> (the script that trains it, its settings beyond those it shares by name with this
@@ -52,6 +54,12 @@ NOISE_LEVELS = {"gaussian": (0.25, 0.5, 0.75), "salt-pepper": (0.1, 0.2, 0.4),
                 "mask": (0.25, 0.5, 0.75)}
 # settings a loaded run must share with the others for the comparison to be fair
 SHARED = ("dataset", "binarize", "arch", "latent_dim", "hidden_dim", "likelihood")
+FIGURES = ("reconstructions.png", "denoising_psnr.png", "denoising.png", "samples.png",
+           "interpolations.png")
+REPORT_FILES = ("report.md", "comparison.json", *FIGURES)
+# the report splits the test set in two halves (Frechet reference, scored real digits), and a
+# Frechet distance needs two images on each side
+MIN_TEST_IMAGES = 4
 
 
 @dataclass
@@ -102,49 +110,87 @@ def build_parser():
     return p
 
 
-def train_missing(cfg, progress, overwrite):
-    """Train each model that no run directory was given for, with the script that trains it and
-    the settings it shares with ``cfg``; returns {model: run_dir}."""
-    runs = {}
-    for m, (script, settings, _) in METHODS.items():
-        runs[m] = getattr(cfg, m) or os.path.join(cfg.out, m)
-        if getattr(cfg, m):
-            continue
-        print(f"[{PROG}] training the {m.upper()} into {runs[m]}", flush=True)
-        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(script.Config)
-                  if hasattr(cfg, f.name)}
-        script.run(script.Config(**{**shared, **settings, "out": runs[m]}), progress=progress,
-                   overwrite=overwrite)
-    return runs
+def sub_config(cfg, m):
+    """The config of model ``m`` trained here: the settings its script shares with ``cfg``,
+    those of :data:`METHODS`, and its folder under ``cfg.out``."""
+    script, settings, _ = METHODS[m]
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(script.Config)
+              if hasattr(cfg, f.name)}
+    return script.Config(**{**shared, **settings, "out": os.path.join(cfg.out, m)})
 
 
-def load_runs(runs, cfg, device):
-    """Models, their configs and the data they were trained on (read from ``--data-root``);
-    refuses runs that differ in data or network size."""
+def outputs(cfg):
+    """Every file the comparison writes under ``cfg.out``: the report, and the run of each model
+    trained here."""
+    files = REPORT_FILES
+    for m, (script, _, _) in METHODS.items():
+        if not getattr(cfg, m):
+            files += tuple(os.path.join(m, f) for f in script.outputs(sub_config(cfg, m)))
+    return files
+
+
+def load_given_runs(cfg):
+    """The checkpoint states of the runs given as --ae / --dae / --vae, checked: each a run of
+    its own model, and all, with the settings of the models to be trained here, alike in
+    data and network size."""
     states = {}
-    for m, folder in runs.items():
+    for m, (script, _, _) in METHODS.items():
+        folder = getattr(cfg, m)
+        if not folder:
+            continue
+        if not os.path.isdir(folder):
+            raise RunError(f"--{m} {folder} is not a directory; pass a run directory written by "
+                           f"{script.PROG}")
         states[m] = load_checkpoint(find_checkpoint(folder))
         kind = states[m]["config"].get("model", "vae")
         if kind != m:
             raise RunError(f"--{m} {folder} holds a run of model {kind!r}, not {m!r}; pass the "
                            "run directory of each model to its own flag")
-    configs = {m: s["config"] for m, s in states.items()}
     for key in SHARED:
-        values = {m: c.get(key) for m, c in configs.items()}
+        values = {m: states[m]["config"][key] if m in states else getattr(cfg, key)
+                  for m in MODELS}
         if len(set(map(str, values.values()))) > 1:
             listed = ", ".join(f"{m} {v}" for m, v in values.items())
             raise RunError(f"the runs differ in --{key.replace('_', '-')} ({listed}); compare "
                            "models trained on the same data with networks of the same size")
-    c = configs["vae"]
-    data = load_dataset(c["dataset"], cfg.data_root, download=cfg.download,
-                        binarize=c["binarize"], device=device)
-    grey = load_dataset(c["dataset"], cfg.data_root, download=cfg.download,
-                        binarize="none", device=device)
+    return states
+
+
+def report_data(dataset, binarize, cfg, device):
+    """The data the report is measured on (as the models saw it, and in grey levels for the
+    classifier), refused if the report cannot use them: no labels, too few test images."""
+    data = load_dataset(dataset, cfg.data_root, download=cfg.download, binarize=binarize,
+                        device=device)
+    grey = load_dataset(dataset, cfg.data_root, download=cfg.download, binarize="none",
+                        device=device)
     if bool((grey.y_train < 0).any()):
-        raise RunError(f"{c['dataset']} has no labels (y_train); the scoring classifier needs them")
+        raise RunError(f"{dataset} has no labels (y_train); the scoring classifier needs them")
+    if len(grey.x_test) < MIN_TEST_IMAGES:
+        raise RunError(f"{dataset} has {len(grey.x_test)} test images; the report needs at least "
+                       f"{MIN_TEST_IMAGES} (half of them are the reference of its Frechet "
+                       "distance)")
+    return data, grey
+
+
+def train_missing(cfg, progress, overwrite):
+    """Train each model that no run directory was given for, with the script that trains it and
+    the settings it shares with ``cfg``; returns {model: run_dir}."""
+    runs = {}
+    for m, (script, _, _) in METHODS.items():
+        runs[m] = getattr(cfg, m) or os.path.join(cfg.out, m)
+        if getattr(cfg, m):
+            continue
+        print(f"[{PROG}] training the {m.upper()} into {runs[m]}", flush=True)
+        script.run(sub_config(cfg, m), progress=progress, overwrite=overwrite)
+    return runs
+
+
+def load_models(runs, data, device):
+    """The three models, from their run directories."""
+    states = {m: load_checkpoint(find_checkpoint(folder)) for m, folder in runs.items()}
     models = {m: load(states[m], data.image_shape).to(device).eval()
               for m, (_, _, load) in METHODS.items()}
-    return models, configs, data, grey
+    return models, {m: s["config"] for m, s in states.items()}
 
 
 @torch.no_grad()
@@ -288,9 +334,12 @@ def write_report(cfg, runs, recon, accuracy, denoise, scores, out):
 def check_config(cfg):
     check_common(cfg)
     lookup(LIKELIHOODS, "--likelihood", cfg.likelihood)
-    if cfg.classifier_epochs < 1:
-        raise ConfigError(f"--classifier-epochs must be a positive integer, "
-                          f"got {cfg.classifier_epochs}")
+    lookup(NOISES, "--noise", cfg.noise)
+    try:
+        make_noise(cfg.noise, cfg.noise_level)
+    except ConfigError as e:
+        raise ConfigError(f"--noise-level: {e}") from None
+    check_positive(cfg, ("classifier_epochs",))
 
 
 def run(cfg, *, progress=True, overwrite=False):
@@ -298,24 +347,26 @@ def run(cfg, *, progress=True, overwrite=False):
     and its figures to ``cfg.out``; settings and run directories are checked first."""
     check_config(cfg)
     device = resolve_device(cfg.device)
-    if os.path.exists(os.path.join(cfg.out, "report.md")) and not overwrite:
-        raise RunError(f"{cfg.out} already holds a report; pass --overwrite to replace it, or "
-                       "choose another --out")
-    for m, (script, _, _) in METHODS.items():
-        if getattr(cfg, m) and not os.path.isdir(getattr(cfg, m)):
-            raise RunError(f"--{m} {getattr(cfg, m)} is not a directory; pass a run directory "
-                           f"written by {script.PROG}")
+    check_out(cfg.out, outputs(cfg), overwrite, what="a report")
+    states = load_given_runs(cfg)
+    given = next(iter(states.values()), None)
+    dataset, binarize = ((given["config"]["dataset"], given["config"]["binarize"]) if given
+                         else (cfg.dataset, cfg.binarize))
+    data, grey = report_data(dataset, binarize, cfg, device)
+    for m, (script, _, _) in METHODS.items():  # every check of the runs to train, first
+        if not getattr(cfg, m):
+            script.prepare(sub_config(cfg, m), overwrite=overwrite)
     runs = train_missing(cfg, progress, overwrite)
-    models, configs, data, grey = load_runs(runs, cfg, device)
-    prepare_run_dir(cfg.out, overwrite=True)  # the checks above refused a finished report
+    models, configs = load_models(runs, data, device)
+    prepare_run_dir(cfg.out, outputs(cfg), overwrite=True)  # checked above
     x = data.x_test
 
     print(f"[{PROG}] reconstruction and denoising on {len(x)} test images ...", flush=True)
     recon = reconstruction_table(models, x)
     denoise, examples = denoising_table(models, x, device)
     rows, names = [], []
-    for setting, (noisy, outputs) in examples.items():
-        rows += [x[:8], noisy] + [outputs[m] for m in MODELS]
+    for setting, (noisy, denoised) in examples.items():
+        rows += [x[:8], noisy] + [denoised[m] for m in MODELS]
         names += ["clean", setting] + [m.upper() for m in MODELS]
     figures = {
         "reconstructions.png": plot_image_rows(

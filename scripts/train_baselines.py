@@ -13,6 +13,8 @@ figures: loss curves, reconstructions, decoded random codes z ~ N(0, I), the lat
 for a DAE noisy / clean / denoised test images.
 """
 
+import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
+
 import dataclasses
 import os
 import sys
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from _cli import (
-    Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_common, check_support, claim_run_dir, config_from_args, make_parser, run_main,
+    add_data_args, add_net_args, add_output_args, add_training_args, check_common,
+    check_model_memory, check_support, claim_run_dir, config_from_args, failed_at, finish_run,
+    interrupted_after_training, interrupted_in_training, make_parser, parse_args, run_main,
     save_figures, start,
 )
 from pyro_vae.build import AUTOENCODER_OPTIONS, AUTOENCODERS, build_autoencoder
@@ -32,10 +35,12 @@ from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
-from pyro_vae.runs import Recorder, resolve_device, write_json
-from pyro_vae.train import fit_autoencoder
+from pyro_vae.runs import RUN_FILES, Recorder, resolve_device, write_json
+from pyro_vae.train import NonFiniteLossError, fit_autoencoder
 
 PROG = "train_baselines.py"
+FIGURES = ("loss_curves.png", "reconstructions.png", "random_samples.png", "latent_space.png")
+DAE_FIGURES = ("denoising.png",)
 
 
 @dataclass
@@ -97,6 +102,11 @@ def check_config(cfg):
     cfg.out = cfg.out or os.path.join("runs", cfg.model)
 
 
+def outputs(cfg):
+    """Every file the run writes in ``cfg.out``."""
+    return RUN_FILES + FIGURES + (DAE_FIGURES if cfg.model == "dae" else ())
+
+
 def figures(ae, data, history, cfg, device):
     """The run's figures, ``{file name: Figure}``."""
     x = data.x_test[:10]
@@ -139,19 +149,27 @@ def summarize(ae, data, cfg, device):
     return summary
 
 
-def run(cfg, resume_state=None, *, progress=True, overwrite=False):
-    """Train (or continue, from the checkpoint state ``resume_state``) the AE or DAE run that
-    ``cfg`` describes and write its run directory; returns the summary dict. Settings, run
-    directory, data and model are checked before anything is written, as in train_svi.py."""
+def prepare(cfg, resume=False, overwrite=False):
+    """Every check of a run, before anything is written: settings, run directory, data, the
+    model's size, the data's support. Returns ``(device, data, ae)``; raises a UserError."""
     check_config(cfg)
-    start(cfg, resume_state is not None, overwrite)
+    start(cfg, resume, overwrite, outputs(cfg))
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
+    check_model_memory(lambda: build_autoencoder(data.image_shape, **options), cfg, data, device)
     ae = build_autoencoder(data.image_shape, **options).to(device)
     check_support(ae.likelihood, data, cfg.binarize)
-    claim_run_dir(cfg, resume=resume_state is not None, overwrite=overwrite)
+    return device, data, ae
+
+
+def run(cfg, resume_state=None, *, progress=True, overwrite=False):
+    """Train (or continue, from the checkpoint state ``resume_state``) the AE or DAE run that
+    ``cfg`` describes and write its run directory; returns the summary dict. Settings, run
+    directory, data and model are checked before anything is written, as in train_svi.py."""
+    device, data, ae = prepare(cfg, resume_state is not None, overwrite)
+    claim_run_dir(cfg, resume_state is not None, overwrite, outputs(cfg))
 
     optimizer = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -167,13 +185,26 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
                         batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
                         start_epoch=start_epoch, on_epoch=recorder, progress=progress)
     except KeyboardInterrupt:
-        raise Interrupted(recorder.save_interrupted(), recorder.last_epoch) from None
+        raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
+                                      cfg.out) from None
+    except NonFiniteLossError as e:
+        raise failed_at(e, recorder) from None
+    try:
+        summary = evaluate_and_draw(cfg, ae, data, recorder.history, device)
+    except KeyboardInterrupt:
+        raise interrupted_after_training(cfg.epochs, cfg.out) from None
+    finish_run(cfg.out)
+    return summary
 
+
+def evaluate_and_draw(cfg, ae, data, history, device):
+    """What a run does once trained: test reconstruction (and denoising), summary.json, the
+    figures."""
     ae.eval()
     summary = summarize(ae, data, cfg, device)
-    summary["epochs"] = len(recorder.history)
+    summary["epochs"] = len(history)
     write_json(summary, os.path.join(cfg.out, "summary.json"))
-    save_figures(figures(ae, data, recorder.history, cfg, device), cfg.out)
+    save_figures(figures(ae, data, history, cfg, device), cfg.out)
     line = (f"[{PROG}] test -log p(x | z = e(x)), {cfg.likelihood}: "
             f"{summary['test_reconstruction_loss']:.2f} nats per image, "
             f"PSNR {summary['test_psnr_clean']:.1f} dB")
@@ -186,11 +217,12 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, explicit = parse_args(build_parser, argv)
 
     def body():
-        cfg, resume_state = config_from_args(Config, args, AUTOENCODERS, PROG)
-        run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
+        cfg, resume_state, overwrite = config_from_args(Config, args, explicit, AUTOENCODERS,
+                                                        PROG, outputs)
+        run(cfg, resume_state, progress=not args.quiet, overwrite=overwrite)
 
     return run_main(PROG, body)
 

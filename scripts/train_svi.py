@@ -9,6 +9,8 @@ checkpoint_last.pt / checkpoint_best.pt, summary.json (the test log-likelihood e
 figures: training curves, reconstructions, prior samples and the latent space.
 """
 
+import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
+
 import dataclasses
 import os
 import sys
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from _cli import (
-    Interrupted, add_data_args, add_net_args, add_output_args, add_training_args,
-    check_common, check_positive, check_support, claim_run_dir, config_from_args, make_parser,
-    run_main, save_figures, start,
+    add_data_args, add_net_args, add_output_args, add_training_args, check_common,
+    check_model_memory, check_positive, check_positive_finite, check_support, claim_run_dir,
+    config_from_args, failed_at, finish_run, interrupted_after_training,
+    interrupted_in_training, make_parser, parse_args, run_main, save_figures, start,
 )
 from pyro_vae.build import VAE_OPTIONS, build_vae
 from pyro_vae.data import load_dataset
@@ -30,10 +33,11 @@ from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import Recorder, resolve_device, write_json
-from pyro_vae.train import ELBOS, fit, kl_schedule, make_elbo
+from pyro_vae.runs import RUN_FILES, Recorder, resolve_device, write_json
+from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
 
 PROG = "train_svi.py"
+FIGURES = ("elbo_curves.png", "reconstructions.png", "prior_samples.png", "latent_space.png")
 
 
 @dataclass
@@ -93,25 +97,47 @@ def check_config(cfg):
                            ("posterior", ENCODERS), ("elbo", ELBOS)):
         lookup(registry, f"--{name}", getattr(cfg, name))
     check_positive(cfg, ("num_particles", "eval_samples", "eval_images"))
-    if not cfg.beta > 0:
-        raise ConfigError(f"--beta must be positive, got {cfg.beta}")
-    if cfg.kl_warmup < 0:
+    check_positive_finite(cfg, ("beta",))
+    if isinstance(cfg.kl_warmup, bool) or not isinstance(cfg.kl_warmup, int) or cfg.kl_warmup < 0:
         raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
                           f"got {cfg.kl_warmup}")
 
 
+def outputs(cfg):
+    """Every file the run writes in ``cfg.out``."""
+    return RUN_FILES + FIGURES
+
+
 def figures(vae, data, history):
-    """The run's figures, ``{file name: Figure}``."""
+    """The run's figures, ``{file name: Figure}`` (the names of :data:`FIGURES`)."""
     x = data.x_test[:10]
-    return {
-        "elbo_curves.png": plot_curves(history),
-        "reconstructions.png": plot_image_rows([x, vae.reconstruct(x)],
-                                               ["test image", "reconstruction"],
-                                               "Test images and reconstructions"),
-        "prior_samples.png": plot_image_grid(vae.generate(100), "Decoder means at z ~ p(z)"),
-        "latent_space.png": plot_latents(batched(vae.encode, data.x_test), data.y_test,
-                                         "Posterior means E[z|x] of test images"),
-    }
+    return dict(zip(FIGURES, (
+        plot_curves(history),
+        plot_image_rows([x, vae.reconstruct(x)], ["test image", "reconstruction"],
+                        "Test images and reconstructions"),
+        plot_image_grid(vae.generate(100), "Decoder means at z ~ p(z)"),
+        plot_latents(batched(vae.encode, data.x_test), data.y_test,
+                     "Posterior means E[z|x] of test images"),
+    )))
+
+
+def prepare(cfg, resume=False, overwrite=False):
+    """Every check of a run, before anything is written: settings, run directory, data, the
+    model's size, the data's support. Returns ``(device, data, vae)``; raises a UserError."""
+    check_config(cfg)
+    start(cfg, resume, overwrite, outputs(cfg))
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
+                        binarize=cfg.binarize, device=device)
+    options = {k: getattr(cfg, k) for k in VAE_OPTIONS}
+    # flows cannot be built on the meta device; their few parameters are left out of the count
+    meta = {**options, "prior": "normal" if cfg.prior == "flow" else cfg.prior,
+            "posterior": "diagonal" if cfg.posterior == "flow" else cfg.posterior}
+    check_model_memory(lambda: build_vae(data.image_shape, **meta), cfg, data, device,
+                       particles=cfg.num_particles)
+    vae = build_vae(data.image_shape, **options).to(device)
+    check_support(vae.likelihood, data, cfg.binarize)
+    return device, data, vae
 
 
 def run(cfg, resume_state=None, *, progress=True, overwrite=False):
@@ -119,14 +145,8 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     describes and write its run directory; returns the summary dict. Settings, run directory,
     data and model are checked, in that order, before anything is written (a UserError names
     what is wrong)."""
-    check_config(cfg)
-    start(cfg, resume_state is not None, overwrite)
-    device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
-                        binarize=cfg.binarize, device=device)
-    vae = build_vae(data.image_shape, **{k: getattr(cfg, k) for k in VAE_OPTIONS}).to(device)
-    check_support(vae.likelihood, data, cfg.binarize)
-    claim_run_dir(cfg, resume=resume_state is not None, overwrite=overwrite)
+    device, data, vae = prepare(cfg, resume_state is not None, overwrite)
+    claim_run_dir(cfg, resume_state is not None, overwrite, outputs(cfg))
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
@@ -144,9 +164,20 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
             start_epoch=start_epoch, on_epoch=recorder, progress=progress,
             kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup))
     except KeyboardInterrupt:
-        raise Interrupted(recorder.save_interrupted(), recorder.last_epoch) from None
-    history = recorder.history
+        raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
+                                      cfg.out) from None
+    except NonFiniteLossError as e:
+        raise failed_at(e, recorder) from None
+    try:
+        summary = evaluate_and_draw(cfg, vae, data, recorder.history)
+    except KeyboardInterrupt:
+        raise interrupted_after_training(cfg.epochs, cfg.out) from None
+    finish_run(cfg.out)
+    return summary
 
+
+def evaluate_and_draw(cfg, vae, data, history):
+    """What a run does once trained: the test log p(x), summary.json, the figures."""
     vae.eval()
     x_eval = data.x_test[: cfg.eval_images]
     print(f"[{PROG}] estimating log p(x) on {len(x_eval)} test images with "
@@ -157,22 +188,23 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     summary.update(epochs=len(history), dataset_source=data.source)
     write_json(summary, os.path.join(cfg.out, "summary.json"))
     save_figures(figures(vae, data, history), cfg.out)
+    unreliable = summary["test_loglik_frac_unreliable"]
     print(f"[{PROG}] test log p(x) >= {est.mean:.2f} +- {est.stderr:.2f} nats per image "
           f"(IWAE, K={cfg.eval_samples}); ELBO {summary['test_loglik_elbo_mean']:.2f}; "
-          f"{summary['test_loglik_frac_unreliable']:.1%} of images with Pareto k-hat > "
-          f"{KHAT_THRESHOLD}")
+          + (f"{unreliable:.1%} of images with Pareto k-hat > {KHAT_THRESHOLD}"
+             if unreliable is not None else "Pareto k-hat undefined (K < 21)"))
     print(f"[{PROG}] wrote {cfg.out}/: config.json metrics.csv metrics.json summary.json "
-          "checkpoint_last.pt checkpoint_best.pt elbo_curves.png reconstructions.png "
-          "prior_samples.png latent_space.png")
+          f"checkpoint_last.pt checkpoint_best.pt {' '.join(FIGURES)}")
     return summary
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, explicit = parse_args(build_parser, argv)
 
     def body():
-        cfg, resume_state = config_from_args(Config, args, ("vae",), PROG)
-        run(cfg, resume_state, progress=not args.quiet, overwrite=args.overwrite)
+        cfg, resume_state, overwrite = config_from_args(Config, args, explicit, ("vae",), PROG,
+                                                        outputs)
+        run(cfg, resume_state, progress=not args.quiet, overwrite=overwrite)
 
     return run_main(PROG, body)
 

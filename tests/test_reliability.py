@@ -98,13 +98,13 @@ NUMBER_ROWS = [
     ("train_svi", ["--batch-size", "-5"], "--batch-size must be a positive integer, got -5"),
     ("train_svi", ["--latent-dim", "0"], "--latent-dim must be a positive integer, got 0"),
     ("train_svi", ["--hidden-dim", "0"], "--hidden-dim must be a positive integer, got 0"),
-    ("train_svi", ["--lr", "0"], "--lr must be positive, got 0.0"),
-    ("train_svi", ["--lr", "nan"], "--lr must be positive, got nan"),
+    ("train_svi", ["--lr", "0"], "--lr must be positive and finite, got 0.0"),
+    ("train_svi", ["--lr", "nan"], "--lr must be positive and finite, got nan"),
     ("train_svi", ["--num-particles", "0"], "--num-particles must be a positive integer, got 0"),
     ("train_svi", ["--eval-samples", "0"], "--eval-samples must be a positive integer, got 0"),
-    ("train_svi", ["--beta", "0"], "--beta must be positive, got 0.0"),
+    ("train_svi", ["--beta", "0"], "--beta must be positive and finite, got 0.0"),
     ("train_baselines", ["--epochs", "-1"], "--epochs must be a positive integer, got -1"),
-    ("train_baselines", ["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    ("train_baselines", ["--lr", "-0.1"], "--lr must be positive and finite, got -0.1"),
     ("train_baselines", ["--noise", "mask", "--noise-level", "1.5"], "--noise-level: the mask noise level (p) must be in [0, 1.0], got 1.5"),
     ("compare", ["--classifier-epochs", "0"], "--classifier-epochs must be a positive integer, got 0"),
 ]
@@ -348,11 +348,11 @@ def test_a_finished_run_or_report_is_not_overwritten(capsys, tiny_runs, tmp_path
                        "already holds a run (config.json); pass --overwrite to replace it",
                        tiny_runs)
     (tmp_path / "report.md").write_text("an earlier report")
-    assert_refused(capsys, "compare", ["--out", tmp_path], "already holds a report; pass "
-                   "--overwrite", tmp_path)
+    assert_refused(capsys, "compare", ["--out", tmp_path], "already holds a report (report.md); "
+                   "pass --overwrite", tmp_path)
     (tmp_path / "a_file").write_text("x")
     assert_refused(capsys, "train_svi", [*TINY_SVI, "--out", tmp_path / "a_file"],
-                   "is a file, not a directory", tmp_path)
+                   "is a file, not a folder", tmp_path)
 
 
 def test_already_finished_resume_asks_for_more_epochs(capsys, tiny_runs):
@@ -440,7 +440,7 @@ def test_a_process_killed_while_writing_leaves_the_previous_checkpoint_loadable(
     proc = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, str(path)], cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
-    state = load_checkpoint(str(path))
+    state = load_checkpoint(str(path), check=False)  # a bare state, not a run's
     assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.zeros(1000))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "checkpoint_last.pt"]
     assert leftovers and all(n.startswith(".tmp-") for n in leftovers)  # the half-written file
