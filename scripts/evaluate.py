@@ -18,6 +18,8 @@ Writes evaluation.json, bound_curve.png, khat.png, kl_per_dimension.png, sandwic
 inference_gaps.png to --out (default: the run directory).
 """
 
+import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
+
 import argparse
 import os
 import sys
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import pyro
 
-from _cli import make_parser, run_main, save_figures
+from _cli import check_seed, make_parser, run_main, save_figures
 from pyro_vae.build import vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.data import load_dataset
@@ -38,7 +40,7 @@ from pyro_vae.inference_gap import inference_gap
 from pyro_vae.plots import (
     plot_bound_curve, plot_inference_gaps, plot_khat, plot_kl_per_dimension, plot_sandwich,
 )
-from pyro_vae.runs import resolve_device, write_json
+from pyro_vae.runs import check_out, prepare_run_dir, resolve_device, write_json
 
 PROG = "evaluate.py"
 
@@ -62,6 +64,7 @@ class Config:
     device: str = "auto"
     seed: int = 0
     out: str = None  # default: the checkpoint's folder
+    overwrite: bool = False  # replace an earlier evaluation's files in out
 
 
 def positive_ints(flag):
@@ -111,10 +114,28 @@ def build_parser():
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier evaluation in --out")
     return p
 
 
+def outputs(cfg):
+    """Every file the evaluation may write in its output folder."""
+    files = ["evaluation.json", "bound_curve.png", "khat.png", "kl_per_dimension.png"]
+    if cfg.ais_images or cfg.bdmc_images:
+        files.append("sandwich.png")
+    if cfg.gap_images:
+        files.append("inference_gaps.png")
+    return tuple(files)
+
+
+def _fmt(value, spec=".2f"):
+    """A number of the summary as text; None (not a finite number) as "undefined"."""
+    return "undefined" if value is None else format(value, spec)
+
+
 def run(cfg):
+    check_seed(cfg.seed)
     for name in ("samples", "images", "curve_images", "batch_size", "ais_chains", "leapfrog"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
@@ -127,11 +148,12 @@ def run(cfg):
     path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(path)
     out = cfg.out or os.path.dirname(os.path.abspath(path))
+    check_out(out, outputs(cfg), cfg.overwrite, what="an evaluation")
     train_cfg = state["config"]
     data = load_dataset(train_cfg["dataset"], cfg.data_root, download=cfg.download,
                         binarize=train_cfg["binarize"], device=device)
     vae = vae_from_checkpoint(state, data.image_shape).to(device).eval()
-    os.makedirs(out, exist_ok=True)
+    prepare_run_dir(out, outputs(cfg), overwrite=cfg.overwrite)
     pyro.set_rng_seed(cfg.seed)
     x = data.x_test[: cfg.images]
     print(f"[{PROG}] {path} (epoch {state['epoch']}): {len(x)} test images of {data.source}, "
@@ -168,12 +190,13 @@ def run(cfg):
     save_figures(figures, out)
 
     s = result["loglik"]
-    print(f"[{PROG}] log p(x) >= {s['mean']:.2f} +- {s['stderr']:.2f} nats per image "
+    print(f"[{PROG}] log p(x) >= {s['mean']:.2f} +- {_fmt(s['stderr'])} nats per image "
           f"(IWAE, K={cfg.samples}); ELBO {s['elbo_mean']:.2f}")
     print(f"[{PROG}] bound curve: " + ", ".join(
         f"K={k}: {e.mean:.2f}" for k, e in curve.items()))
-    print(f"[{PROG}] Pareto k-hat > {KHAT_THRESHOLD} for {s['frac_unreliable']:.1%} of images "
-          f"(max {s['khat_max']:.2f}); mean ESS {s['ess_mean']:.1f} of {cfg.samples}")
+    print(f"[{PROG}] Pareto k-hat > {KHAT_THRESHOLD} for {_fmt(s['frac_unreliable'], '.1%')} of "
+          f"images (max {_fmt(s['khat_max'])}; undefined below K = 21); mean ESS "
+          f"{s['ess_mean']:.1f} of {cfg.samples}")
     print(f"[{PROG}] active units: {n_active} of {len(activity)}")
     written = ["evaluation.json", *(["kl_per_dimension.png"] if "kl_per_dimension" in result
                                     else []), *figures]
