@@ -31,7 +31,7 @@ class _Noise:
         level = float(level)
         top = self.max_level if self.max_level is not None else math.inf
         if not (0 <= level <= top and math.isfinite(level)):
-            bound = f"in [0, {self.max_level}]" if self.max_level is not None else "finite, >= 0"
+            bound = f"in [0, {self.max_level}]" if self.max_level is not None else ">= 0 and finite"
             raise ConfigError(f"the {self.name} noise level ({self.level_name}) must be {bound}, "
                               f"got {level}")
         self.level = level

@@ -22,12 +22,12 @@ import threading
 import matplotlib
 import pyro
 
-from pyro_vae.checkpoint import RESUME_FIELDS, check_fields, load_checkpoint
-from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file
+from pyro_vae.checkpoint import check_fields, load_checkpoint
+from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
 from pyro_vae.nets import NETS
 from pyro_vae.resources import check_model_size
-from pyro_vae.runs import check_run_dir, prepare_run_dir
+from pyro_vae.runs import check_run_dir, prepare_run_dir, resolve_device
 from pyro_vae.train import NonFiniteLossError
 
 matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
@@ -257,6 +257,22 @@ def start(cfg, resume, overwrite, files):
     if not resume:
         check_run_dir(cfg.out, files, overwrite)
     pyro.set_rng_seed(cfg.seed)
+
+
+def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None, particles=1):
+    """A training run's checks after its settings', before anything is written: the run
+    directory, the data, the model's size, the data's support. ``build(image_shape,
+    **options)`` makes the model; it is counted on the meta device with ``meta_options``
+    (default: ``options``). Returns ``(device, data, model)``."""
+    start(cfg, resume, overwrite, files)
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
+                        binarize=cfg.binarize, device=device)
+    check_model_memory(lambda: build(data.image_shape, **(meta_options or options)), cfg, data,
+                       device, particles)
+    model = build(data.image_shape, **options).to(device)
+    check_support(model.likelihood, data, cfg.binarize)
+    return device, data, model
 
 
 def claim_run_dir(cfg, resume, overwrite, files):

@@ -24,18 +24,16 @@ import torch
 
 from _cli import (
     add_data_args, add_net_args, add_output_args, add_training_args, check_common,
-    check_model_memory, check_support, claim_run_dir, config_from_args, failed_at, finish_run,
-    interrupted_after_training, interrupted_in_training, make_parser, parse_args, run_main,
-    save_figures, start,
+    claim_run_dir, config_from_args, failed_at, finish_run, interrupted_after_training,
+    interrupted_in_training, make_parser, parse_args, prepare_run, run_main, save_figures,
 )
 from pyro_vae.build import AUTOENCODER_OPTIONS, AUTOENCODERS, build_autoencoder
-from pyro_vae.data import load_dataset
 from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
-from pyro_vae.runs import RUN_FILES, Recorder, resolve_device, write_json
+from pyro_vae.runs import RUN_FILES, Recorder, write_json
 from pyro_vae.train import NonFiniteLossError, fit_autoencoder
 
 PROG = "train_baselines.py"
@@ -153,15 +151,8 @@ def prepare(cfg, resume=False, overwrite=False):
     """Every check of a run, before anything is written: settings, run directory, data, the
     model's size, the data's support. Returns ``(device, data, ae)``; raises a UserError."""
     check_config(cfg)
-    start(cfg, resume, overwrite, outputs(cfg))
-    device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
-                        binarize=cfg.binarize, device=device)
     options = {k: getattr(cfg, k) for k in AUTOENCODER_OPTIONS}
-    check_model_memory(lambda: build_autoencoder(data.image_shape, **options), cfg, data, device)
-    ae = build_autoencoder(data.image_shape, **options).to(device)
-    check_support(ae.likelihood, data, cfg.binarize)
-    return device, data, ae
+    return prepare_run(cfg, resume, overwrite, outputs(cfg), build_autoencoder, options)
 
 
 def run(cfg, resume_state=None, *, progress=True, overwrite=False):

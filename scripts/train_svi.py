@@ -20,12 +20,11 @@ import torch
 
 from _cli import (
     add_data_args, add_net_args, add_output_args, add_training_args, check_common,
-    check_model_memory, check_positive, check_positive_finite, check_support, claim_run_dir,
-    config_from_args, failed_at, finish_run, interrupted_after_training,
-    interrupted_in_training, make_parser, parse_args, run_main, save_figures, start,
+    check_positive, check_positive_finite, claim_run_dir, config_from_args, failed_at,
+    finish_run, interrupted_after_training, interrupted_in_training, make_parser, parse_args,
+    prepare_run, run_main, save_figures,
 )
 from pyro_vae.build import VAE_OPTIONS, build_vae
-from pyro_vae.data import load_dataset
 from pyro_vae.encoders import ENCODERS
 from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
@@ -33,7 +32,7 @@ from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import RUN_FILES, Recorder, resolve_device, write_json
+from pyro_vae.runs import RUN_FILES, Recorder, write_json
 from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
 
 PROG = "train_svi.py"
@@ -125,19 +124,12 @@ def prepare(cfg, resume=False, overwrite=False):
     """Every check of a run, before anything is written: settings, run directory, data, the
     model's size, the data's support. Returns ``(device, data, vae)``; raises a UserError."""
     check_config(cfg)
-    start(cfg, resume, overwrite, outputs(cfg))
-    device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
-                        binarize=cfg.binarize, device=device)
     options = {k: getattr(cfg, k) for k in VAE_OPTIONS}
     # flows cannot be built on the meta device; their few parameters are left out of the count
     meta = {**options, "prior": "normal" if cfg.prior == "flow" else cfg.prior,
             "posterior": "diagonal" if cfg.posterior == "flow" else cfg.posterior}
-    check_model_memory(lambda: build_vae(data.image_shape, **meta), cfg, data, device,
-                       particles=cfg.num_particles)
-    vae = build_vae(data.image_shape, **options).to(device)
-    check_support(vae.likelihood, data, cfg.binarize)
-    return device, data, vae
+    return prepare_run(cfg, resume, overwrite, outputs(cfg), build_vae, options, meta,
+                       cfg.num_particles)
 
 
 def run(cfg, resume_state=None, *, progress=True, overwrite=False):

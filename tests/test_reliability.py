@@ -137,7 +137,8 @@ def test_malformed_flags_get_one_line_too(capsys, tmp_path, script, args, messag
 def test_an_internal_value_error_is_a_bug_with_its_traceback_not_a_user_error(
         capsys, tmp_path, monkeypatch, script, args):
     """Only UserError becomes a one-line error: a ValueError from inside the library is a bug."""
-    module = importlib.import_module(script)
+    importlib.import_module(script)
+    module = importlib.import_module("_cli")  # where the training scripts load their data
 
     def broken(*a, **k):
         raise ValueError("an internal bug")
@@ -148,9 +149,9 @@ def test_an_internal_value_error_is_a_bug_with_its_traceback_not_a_user_error(
     assert "error:" not in capsys.readouterr().err
     # as a program: the traceback, and not the user-error exit code 2
     argv = [str(a) for a in (*args, "--out", tmp_path / "r")]
-    program = (f"import sys; sys.path.insert(0, 'scripts'); import {script} as m\n"
+    program = (f"import sys; sys.path.insert(0, 'scripts'); import {script} as m, _cli\n"
                "def broken(*a, **k): raise ValueError('an internal bug')\n"
-               f"m.load_dataset = broken; sys.exit(m.main({argv!r}))")
+               f"_cli.load_dataset = broken; sys.exit(m.main({argv!r}))")
     proc = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "Traceback" in proc.stderr
