@@ -9,7 +9,7 @@ distribution pi_0 (the guide q(z|x), or the prior p(z)) and the posterior, on a 
     \\log f_t(z) = \\log \\pi_0(z) + \\beta_t\\, g(z), \\qquad
     g(z) = \\log p(x, z) - \\log \\pi_0(z),
 
-so f_t = (1 - beta_t) log q(z|x) + beta_t log p(x, z) from the guide, or
+so log f_t = (1 - beta_t) log q(z|x) + beta_t log p(x, z) from the guide, or
 log p(z) + beta_t log p(x|z) from the prior. A chain starts at z_1 ~ pi_0; at each stage it adds
 (beta_t - beta_{t-1}) g(z_t) to its log weight, then takes an HMC step that leaves f_t invariant.
 The mean weight is an unbiased estimate of p(x), so its log is a stochastic lower bound
@@ -119,8 +119,13 @@ class _Target:
             u = t.inv(value)
             self.transforms[name] = t
             self.shapes[name] = u.shape[2:]
-            self.sizes[name] = max(1, u[0, 0].numel())
+            self.sizes[name] = u[0, 0].numel()
         self.dim = sum(self.sizes.values())
+        offsets = [0]
+        for name in self.sites:
+            offsets.append(offsets[-1] + self.sizes[name])
+        # site -> its columns of the flat unconstrained space (C, N, D)
+        self.slices = {name: slice(a, b) for name, a, b in zip(self.sites, offsets, offsets[1:])}
         self._validate = True  # Pyro's checks on the first evaluation only: they triple its cost
 
     def _trace(self, fn, data=None):
@@ -144,10 +149,9 @@ class _Target:
 
     def unflatten(self, u):
         """``(C, N, D)`` -> latent values ``{site: (C, N, *event)}`` and log|J| ``(C, N)``."""
-        z, log_jac, offset = {}, 0.0, 0
-        for s in self.sites:
-            us = u[..., offset:offset + self.sizes[s]].reshape(u.shape[:2] + self.shapes[s])
-            offset += self.sizes[s]
+        z, log_jac = {}, 0.0
+        for s, sl in self.slices.items():
+            us = u[..., sl].reshape(u.shape[:2] + self.shapes[s])
             z[s] = self.transforms[s](us)
             lj = self.transforms[s].log_abs_det_jacobian(us, z[s])
             log_jac = log_jac + (lj.reshape(u.shape[:2] + (-1,)).sum(-1) if lj.dim() > 2 else lj)
@@ -389,7 +393,8 @@ def ais_log_likelihood(model, guide, x, *, num_steps=500, num_chains=16, num_lea
     :param model, guide: Pyro callables ``(x, **kwargs)`` whose sample sites all sit in
         ``plate(data_plate)`` over the first dimension of ``x``; the guide has the model's latent
         sites (it is the start distribution with ``start="guide"``).
-    :param num_steps: T, the number of intermediate densities (HMC transitions: T - 1).
+    :param num_steps: T, the number of annealing steps (densities f_0..f_T; HMC transitions:
+        T - 1).
     :param num_leapfrog: leapfrog steps per HMC transition.
     :param tune_chains: chains of the pilot pass that tunes the step sizes.
     :param schedule: ``"sigmoid"``, ``"linear"``, or a sequence beta_0 = 0 <= ... <= beta_T = 1.

@@ -13,9 +13,12 @@ The approximation gap is what the family costs, KL(q* || p(z|x)); the amortizati
 sharing one encoder across all images costs. Here Q is a Gaussian family on every latent site
 in unconstrained space (z = biject_to(support)(u), u ~ N(m, diag(s^2)), or N(m, L L^T) with a
 full covariance per site), fitted to each image alone: a local Pyro guide with parameters per
-image, initialised at the guide's output (the moments of its draws in u), trained by SVI with ``Trace_ELBO`` on all
-images at once, and stopped when no image's ELBO has improved for ``patience`` checks. log p(x)
-comes from AIS (:func:`~pyro_vae.ais.ais_log_likelihood`).
+image, started at the guide's output (the moments of its draws in u), trained by SVI with
+``Trace_ELBO`` on all images at once, and stopped once the mean of the images' best ELBOs has
+stopped rising. For Cremer's split, the family should hold the guide's own (a diagonal Gaussian
+encoder: "diagonal"; full covariance: "full"); for a richer guide, such as a flow, the
+"amortization gap" against a Gaussian q* can be negative. log p(x) comes from AIS
+(:func:`~pyro_vae.ais.ais_log_likelihood`).
 """
 
 import math
@@ -70,56 +73,70 @@ FAMILIES = ("diagonal", "full")  # Gaussian families of the local fit, per laten
 class LocalGaussianGuide:
     """A Pyro guide with its own Gaussian per image and latent site, in unconstrained space.
 
-    ``loc`` is ``(N, D)``, the latent sites' unconstrained values concatenated in the model's
-    order; site s gets ``TransformedDistribution(base_s, [reshape, biject_to(support_s)])`` with
-    ``base_s = N(loc_s, diag(exp(raw_s))^2)`` for the ``"diagonal"`` family (``raw`` is ``(N, D)``
-    log-scales) or ``N(loc_s, L_s L_s^T)`` for ``"full"`` (``raw`` is ``(N, D, D)``: L_s is the
-    site's diagonal block, strictly lower part as is, diagonal exponentiated).
+    The latent sites' unconstrained values are concatenated, in the model's order, into
+    ``(N, D)``; site s gets ``TransformedDistribution(N(m_s, S_s), [reshape, biject_to(support_s)])``.
+    The parameters are *whitened* by a fixed start N(m0, L0 L0^T) (``loc0`` ``(N, D)``; ``chol0``
+    ``(N, D)`` scales for the ``"diagonal"`` family, ``(N, D, D)`` with one lower-triangular block
+    per site for ``"full"``), so that Adam's steps are in units of the start's own scale, however
+    tight the posterior:
+
+    .. math:: m = m_0 + L_0 \\delta, \\qquad S = L_0 \\tilde L \\tilde L^T L_0^T,
+
+    ``shift`` = delta ``(N, D)`` and ``raw`` = log of a diagonal ``(N, D)``, or ``(N, D, D)``
+    blocks whose strictly lower part is L~'s and whose diagonal is log diag L~. Zeros: the start.
     """
 
-    def __init__(self, target, loc, raw, family, data_plate, plate_dim):
+    def __init__(self, target, loc0, chol0, family, data_plate, plate_dim, shift=None, raw=None):
         self.target, self.family = target, family
         self.data_plate, self.plate_dim = data_plate, plate_dim
-        self.loc = loc.detach().clone().requires_grad_()
-        self.raw = raw.detach().clone().requires_grad_()
+        self.loc0, self.chol0 = loc0.detach(), chol0.detach()
+        self.shift = (torch.zeros_like(loc0) if shift is None else shift).detach().clone()
+        self.raw = (torch.zeros_like(chol0) if raw is None else raw).detach().clone()
+        self.shift.requires_grad_()
+        self.raw.requires_grad_()
 
     @classmethod
     def from_draws(cls, target, u, family, data_plate):
-        """Moment-matched to draws ``u`` ``(M, N, D)``: their mean, and their standard deviations
-        or (per site) the Cholesky factor of their covariance."""
+        """Started at the moments of draws ``u`` ``(M, N, D)``: their mean, and their standard
+        deviations or (per site) the Cholesky factor of their covariance."""
         loc = u.mean(0)
         if family == "diagonal":
-            raw = u.std(0).clamp_min(1e-4).log()
+            chol = u.std(0).clamp_min(1e-6)
         else:
             centred = u - loc
             cov = torch.einsum("mni,mnj->nij", centred, centred) / (u.shape[0] - 1)
-            raw = torch.zeros_like(cov)
-            for sl in cls._slices(target):
+            chol = torch.zeros_like(cov)
+            for sl in target.slices.values():
                 eye = torch.eye(sl.stop - sl.start, dtype=u.dtype, device=u.device)
-                chol = torch.linalg.cholesky(cov[:, sl, sl] + 1e-6 * eye)
-                raw[:, sl, sl] = chol.tril(-1) + torch.diag_embed(chol.diagonal(0, -2, -1).log())
-        return cls(target, loc, raw, family, data_plate, target.data_dim)
+                chol[:, sl, sl] = torch.linalg.cholesky(cov[:, sl, sl] + 1e-12 * eye)
+        return cls(target, loc, chol, family, data_plate, target.data_dim)
 
-    @staticmethod
-    def _slices(target):
-        offset = 0
-        for s in target.sites:
-            yield slice(offset, offset + target.sizes[s])
-            offset += target.sizes[s]
+    def parameters(self):
+        return [self.shift, self.raw]
 
     def _bases(self):
         """``(site, slice, base distribution of the site's flat u, batch (N,))`` per site."""
-        for s, sl in zip(self.target.sites, self._slices(self.target)):
+        for s, sl in self.target.slices.items():
             if self.family == "diagonal":
-                base = dist.Normal(self.loc[:, sl], self.raw[:, sl].exp()).to_event(1)
+                scale0 = self.chol0[:, sl]
+                base = dist.Normal(self.loc0[:, sl] + scale0 * self.shift[:, sl],
+                                   scale0 * self.raw[:, sl].exp()).to_event(1)
             else:
-                raw = self.raw[:, sl, sl]
+                l0, raw = self.chol0[:, sl, sl], self.raw[:, sl, sl]
                 tril = raw.tril(-1) + torch.diag_embed(raw.diagonal(0, -2, -1).exp())
-                base = dist.MultivariateNormal(self.loc[:, sl], scale_tril=tril)
+                loc = self.loc0[:, sl] + (l0 @ self.shift[:, sl].unsqueeze(-1)).squeeze(-1)
+                base = dist.MultivariateNormal(loc, scale_tril=l0 @ tril)
             yield s, sl, base
 
-    def parameters(self):
-        return [self.loc, self.raw]
+    @property
+    def loc(self):
+        """The means ``(N, D)``."""
+        return torch.cat([base.mean for _, _, base in self._bases()], -1)
+
+    @property
+    def scale(self):
+        """The standard deviations ``(N, D)``."""
+        return torch.cat([base.variance.sqrt() for _, _, base in self._bases()], -1)
 
     def reparameterize(self, noise):
         """Draws ``(K, N, D)`` from standard-normal ``noise`` of that shape, and their log q
@@ -144,7 +161,7 @@ class LocalGaussianGuide:
                 pyro.sample(s, dist.TransformedDistribution(base, reshape + [t.transforms[s]]))
 
 
-def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=1e-2,
+def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=0.05,
                     check_every=50, check_particles=100, patience=5, min_improvement=0.01,
                     max_steps=10000, init_samples=1000, progress=False, data_plate="data",
                     max_plate_nesting=1, **kwargs):
@@ -155,10 +172,12 @@ def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=
 
     Every ``check_every`` steps each image's ELBO is estimated with the same
     ``check_particles`` standard-normal draws, and the image's best parameters so far are kept;
-    the fit stops once the best mean ELBO has not risen by ``min_improvement`` nats for
-    ``patience`` checks (or at ``max_steps``). Cremer et al. (2018) use Adam at 1e-3 with 100
-    particles, 100 steps between checks and a patience of 10: slower, and as good where it ends
-    (pass those to reproduce it). Returns ``(local_guide, steps)``, the guide holding each
+    each check whose best mean ELBO has not risen by ``min_improvement`` nats halves the
+    learning rate, and the fit stops after ``patience`` such checks in a row (or at
+    ``max_steps``). Cremer et al. (2018) use Adam at 1e-3 with 100
+    particles, 100 steps between checks and a patience of 10 (pass those to reproduce it); here
+    the parameters are whitened by the start (see :class:`LocalGaussianGuide`), so one learning
+    rate serves posteriors of any scale. Returns ``(local_guide, steps)``, the guide holding each
     image's best parameters.
     """
     lookup(FAMILIES, "family", family)
@@ -169,8 +188,9 @@ def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=
     loss_fn = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
                          max_plate_nesting=max_plate_nesting)
     optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-    # Checks use the same standard-normal draws every time (common random numbers), so that an
-    # image's best parameters are picked by its ELBO, not by the luck of one check's draws.
+    # Checks use the same standard-normal draws every time (common random numbers), so that one
+    # image's checks compare its parameters, not fresh luck. (Keeping the best check still
+    # favours what suits these draws; the ELBO reported is estimated afresh.)
     scorer = _Target(model, guide, x, check_particles, "prior", kwargs, data_plate,
                      max_plate_nesting)
     noise = torch.randn(check_particles, *u.shape[1:], dtype=u.dtype, device=u.device)
@@ -182,28 +202,36 @@ def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=
         return (log_prior_jac + log_lik - log_q).mean(0)  # (N,) ELBO in u-space
 
     best = check()
-    best_loc, best_raw = local.loc.detach().clone(), local.raw.detach().clone()
+    best_shift, best_raw = local.shift.detach().clone(), local.raw.detach().clone()
     best_mean, stale, step = best.mean().item(), 0, 0
     bar = tqdm(total=max_steps, desc="local q*", unit="step", disable=not progress, leave=False)
     with pyro.validation_enabled(False):
         while step < max_steps and stale < patience:
             for _ in range(min(check_every, max_steps - step)):
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn.differentiable_loss(model, local, x, **kwargs).backward()
+                loss = loss_fn.differentiable_loss(model, local, x, **kwargs)
+                # gradients of the local parameters only: the model's stay untouched
+                grads = torch.autograd.grad(loss, local.parameters())
+                for param, grad in zip(local.parameters(), grads):
+                    param.grad = grad
                 optimizer.step()
                 step += 1
             bar.update(min(check_every, bar.total - bar.n))
             current = check()
             better = current > best
             best = torch.where(better, current, best)
-            best_loc[better] = local.loc.detach()[better]
+            best_shift[better] = local.shift.detach()[better]
             best_raw[better] = local.raw.detach()[better]
-            stale = 0 if best.mean().item() > best_mean + min_improvement else stale + 1
-            best_mean = max(best_mean, best.mean().item())
+            if best.mean().item() > best_mean + min_improvement:
+                stale = 0
+            else:  # near the optimum Adam's own jitter dominates: halve its steps
+                stale += 1
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+            best_mean = max(best_mean, best.mean().item())  # (best only rises per image)
             bar.set_postfix(elbo=f"{best_mean:.2f}")
     bar.close()
-    return LocalGaussianGuide(target, best_loc, best_raw, family, data_plate,
-                              target.data_dim), step
+    return LocalGaussianGuide(target, local.loc0, local.chol0, family, data_plate,
+                              target.data_dim, best_shift, best_raw), step
 
 
 def inference_gap(model, guide, x, *, family="diagonal", log_px=None, num_steps=500,
@@ -211,7 +239,7 @@ def inference_gap(model, guide, x, *, family="diagonal", log_px=None, num_steps=
                   progress=False, data_plate="data", max_plate_nesting=1, fit_options=None,
                   **kwargs):
     """The inference-gap split of each image of ``x``: log p(x) by AIS (or ``log_px``, if already
-    known), the guide's ELBO and the best local diagonal Gaussian's ELBO, each ELBO estimated
+    known), the guide's ELBO and the ELBO of the best local Gaussian of ``family``, each estimated
     with ``elbo_samples`` draws. ``fit_options`` go to :func:`fit_local_guide`; images are
     fitted ``batch_size`` at a time. Returns an :class:`InferenceGap`.
     """

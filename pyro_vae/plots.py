@@ -223,22 +223,22 @@ def plot_sandwich(curve=None, ais=None, bdmc=None, title="Bounds on log p(x)"):
 
 
 def plot_inference_gaps(gap, title="Where the ELBO loses", ax=None):
-    """Per image (sorted by the total), log p(x) - ELBO[q] split into the approximation gap
-    log p(x) - ELBO[q*] and the amortization gap ELBO[q*] - ELBO[q], stacked; ``gap`` is an
-    :class:`~pyro_vae.inference_gap.InferenceGap`."""
+    """Per image (sorted by the total log p(x) - ELBO[q]), its two parts side by side: the
+    approximation gap log p(x) - ELBO[q*] and the amortization gap ELBO[q*] - ELBO[q], with the
+    total marked; ``gap`` is an :class:`~pyro_vae.inference_gap.InferenceGap`. (A part below 0
+    means noise, too few AIS steps, or a q* family that does not hold the guide's.)"""
     order = torch.argsort(gap.log_px - gap.elbo_amortized)
     approx = gap.approximation_gap[order].cpu().numpy()
     amort = gap.amortization_gap[order].cpu().numpy()
-    fig, ax = _axes(ax, (max(6, len(order) * 0.2), 4))
-    x = range(len(order))
-    ax.bar(x, approx, color="tab:blue",
+    fig, ax = _axes(ax, (max(6, len(order) * 0.25), 4))
+    x = torch.arange(len(order)).numpy()
+    ax.bar(x - 0.2, approx, width=0.4, color="tab:blue",
            label=f"approximation gap (mean {approx.mean():.2f} nats)")
-    ax.bar(x, amort, bottom=approx, color="tab:orange",
+    ax.bar(x + 0.2, amort, width=0.4, color="tab:orange",
            label=f"amortization gap (mean {amort.mean():.2f} nats)")
-    # (an approximation gap below 0 means AIS fell short of ELBO[q*]: more AIS steps needed)
-    ax.scatter(x, approx + amort, marker="_", color="k", s=200, label="log p(x) - ELBO[q]")
+    ax.scatter(x, approx + amort, marker="_", color="k", s=150, label="log p(x) - ELBO[q]")
     ax.axhline(0, color="k", linewidth=0.8)
-    ax.set_xlabel("image (sorted by log p(x) - ELBO)")
+    ax.set_xlabel("image (sorted by log p(x) - ELBO[q])")
     ax.set_ylabel("nats")
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")

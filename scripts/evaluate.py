@@ -227,7 +227,7 @@ def sandwich(vae, x_test, cfg, curve, curve_x, figures, family):
     runs = {}
     if cfg.bdmc_images:
         for steps in cfg.ais_steps:
-            pyro.set_rng_seed(cfg.seed + 1)  # the same simulated images at every schedule
+            pyro.set_rng_seed((cfg.seed + 1) % 2**32)  # the same simulated images at every schedule
             runs[steps] = bdmc(vae.model, vae.guide, x_test[: cfg.bdmc_images], num_steps=steps,
                                **kw)
             s = runs[steps].summary()

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from closed_form import GammaPoisson, LinearGaussian
-from pyro_vae.ais import ais_log_likelihood, linear_schedule, sigmoid_schedule
+import pyro.distributions as dist
+
+from pyro_vae.ais import (
+    _chunks, _hmc_step, _Target, ais_log_likelihood, linear_schedule, sigmoid_schedule,
+)
 from pyro_vae.bdmc import bdmc, simulate
 from pyro_vae.estimators import log_likelihood
 
@@ -99,13 +103,48 @@ def test_simulate_samples_the_observed_site(lg):
     assert x_sim.shape == x.shape and set(z) == {"z"} and z["z"].shape == (4, lg.latent)
 
 
-def test_adapting_on_the_chains_own_decisions_is_what_the_pilot_avoids(lg):
-    # the pilot's step sizes are a function of the pilot's chains only: a fixed seed for the
-    # estimate gives the same answer whatever the pilot drew
+def test_estimating_chains_use_the_frozen_pilot_schedule(lg):
+    # the step sizes of the forward and the reverse pass are exactly the pilot's, whatever the
+    # estimating chains accept: their transitions do not depend on their own past
     x = lg.data(6)
-    a = ais_log_likelihood(lg.model, lg.poor_guide, x, num_steps=30, num_chains=4,
-                           step_size=0.2)
-    assert a.step_size.eq(0.2).all()
+    _, chunk = next(_chunks(lg.model, lg.poor_guide, x, num_steps=12, num_chains=4,
+                            num_leapfrog=2, tune_chains=3, schedule="sigmoid", start="guide",
+                            step_size=None, batch_size=None, progress=False, data_plate="data",
+                            max_plate_nesting=1, kwargs={}, passes=2, desc=""))
+    pilot = chunk.step_sizes.clone()
+    assert pilot.shape == (11, 6) and not bool((pilot == pilot[0]).all())  # tuned per stage
+    _, used, _ = chunk.forward()
+    torch.testing.assert_close(used, pilot, rtol=0, atol=0)
+    z = {"z": lg.posterior_mean(x)}
+    _, used_reverse, _ = chunk.reverse(z)
+    torch.testing.assert_close(used_reverse, pilot, rtol=0, atol=0)
+    # with a fixed step size there is no pilot, and that size is used at every transition
+    fixed = ais_log_likelihood(lg.model, lg.poor_guide, x, num_steps=30, num_chains=4,
+                               step_size=0.2)
+    assert fixed.step_size.eq(0.2).all()
+
+
+def test_hmc_leaves_the_intermediate_density_invariant(lg):
+    # f_beta = (1 - beta) log q + beta log p(x, z) is Gaussian here: start 4000 chains at exact
+    # draws of it, take HMC steps, and its mean and covariance must stay
+    x = lg.data(1)
+    beta = 0.4
+    q_loc, q_scale = 0.8 * lg.posterior_mean(x)[0], 1.5 * lg.Sigma.diagonal().sqrt()
+    prec = (1 - beta) * torch.diag(q_scale**-2) + beta * lg.precision
+    cov = torch.linalg.inv(prec)
+    mean = cov @ ((1 - beta) * q_loc / q_scale**2 + beta * lg.precision @ lg.posterior_mean(x)[0])
+    target = _Target(lg.model, lg.poor_guide, x, 4000, "guide", {}, "data", 1)
+    u = dist.MultivariateNormal(mean, cov).sample((4000,)).unsqueeze(1)  # (C, 1, D)
+    state = (u,) + target.evaluate(u)
+    accepted = 0.0
+    step = 0.5 * cov.diagonal().sqrt().min().reshape(1)  # (N,) = (1,)
+    for _ in range(10):
+        state, accept = _hmc_step(target, state, beta, step, 3)
+        accepted += accept.float().mean().item() / 10
+    v = state[0][:, 0]
+    assert 0.2 < accepted < 0.99  # it moved
+    torch.testing.assert_close(v.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(v.T), cov, atol=0.05, rtol=0.1)
 
 
 def test_bad_arguments_are_refused(lg):
