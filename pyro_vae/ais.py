@@ -23,7 +23,7 @@ replayed model and guide.
 **Step sizes.** A leapfrog step size per image is adapted toward an acceptance rate of 0.65
 (x1.02 above, x0.98 below, clamped to [1e-4, 0.5]; Wu et al., 2017). Adapting on the chains' own
 accept decisions makes each transition depend on the chain's past, which breaks the invariance
-AIS relies on and biases log p(x) low. So the step sizes are tuned in a *pilot* pass with a few
+AIS relies on: the weights are no longer unbiased for p(x). So the step sizes are tuned in a *pilot* pass with a few
 separate chains, frozen, and the estimate is made by fresh chains with the frozen schedule.
 
 Memory: chains x images are one batch, processed ``batch_size`` images at a time; the chain
@@ -404,6 +404,8 @@ def ais_log_likelihood(model, guide, x, *, num_steps=500, num_chains=16, num_lea
     :returns: :class:`AISEstimate`, ``per_image`` ``(N,)`` on the CPU in x's dtype; ``ess`` is
         the effective sample size of the C chain weights; ``elbo`` is None.
     """
+    schedule = _betas(schedule, num_steps) if not isinstance(schedule, str) else schedule
+    num_steps = num_steps if isinstance(schedule, str) else len(schedule) - 1
     per_image, ess, used, acc, sizes = [], [], [], [], []
     for sl, chunk in _chunks(model, guide, x, num_steps=num_steps, num_chains=num_chains,
                              num_leapfrog=num_leapfrog, tune_chains=tune_chains,

@@ -24,7 +24,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .ais import _chunks, _ess, _evaluations, _logmeanexp, _weighted_mean
+from .ais import _betas, _chunks, _ess, _evaluations, _logmeanexp, _weighted_mean
 
 __all__ = ["BDMCResult", "bdmc", "simulate"]
 
@@ -94,6 +94,8 @@ def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune
     The arguments are those of :func:`~pyro_vae.ais.ais_log_likelihood`; ``x`` gives the number
     and shape of the simulated images only. Returns a :class:`BDMCResult`.
     """
+    schedule = _betas(schedule, num_steps) if not isinstance(schedule, str) else schedule
+    num_steps = num_steps if isinstance(schedule, str) else len(schedule) - 1
     x_sim, z_exact = simulate(model, x, **kwargs)
     lower, upper, ess_f, ess_r, acc_f, acc_r, sizes = [], [], [], [], [], [], []
     for sl, chunk in _chunks(model, guide, x_sim, num_steps=num_steps, num_chains=num_chains,

@@ -147,6 +147,14 @@ def test_hmc_leaves_the_intermediate_density_invariant(lg):
     torch.testing.assert_close(torch.cov(v.T), cov, atol=0.05, rtol=0.1)
 
 
+def test_a_schedule_given_as_a_sequence_sets_the_number_of_steps(lg):
+    x = lg.data(3)
+    est = ais_log_likelihood(lg.model, lg.poor_guide, x, schedule=[0.0, 0.3, 0.6, 1.0],
+                             num_chains=2, num_leapfrog=2, step_size=0.1)
+    assert est.summary()["num_steps"] == 3 and est.step_size.shape == (2,)
+    assert est.evaluations == 2 * 2 * 2  # chains x transitions x leapfrog, no pilot
+
+
 def test_bad_arguments_are_refused(lg):
     x = lg.data(3)
     for kw, match in ((dict(num_steps=0), "num_steps"), (dict(num_chains=0), "num_chains"),
