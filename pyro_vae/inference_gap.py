@@ -21,7 +21,6 @@ encoder: "diagonal"; full covariance: "full"); for a richer guide, such as a flo
 (:func:`~pyro_vae.ais.ais_log_likelihood`).
 """
 
-import math
 from dataclasses import dataclass
 
 import pyro

@@ -1,6 +1,5 @@
 """AIS and BDMC against models whose log p(x) is known exactly (tests/closed_form.py)."""
 
-import math
 
 import pyro
 import pytest

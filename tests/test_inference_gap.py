@@ -1,7 +1,5 @@
-"""The inference-gap split against a linear-Gaussian model, where every term is known exactly."""
+"""The inference-gap split against models where every term is known exactly (linear-Gaussian, Gamma-Poisson)."""
 
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 

@@ -17,8 +17,8 @@ import torch
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.files import atomic_write
 
-from conftest import ROOT, run_script
-from test_reliability import TINY, TINY_SVI, assert_refused, call, digits, save_npz, snapshot
+from conftest import ROOT
+from test_reliability import TINY, TINY_SVI, assert_refused, call, digits, save_npz
 
 
 def strict_json(path):
