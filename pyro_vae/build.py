@@ -7,10 +7,11 @@ differ only in what sits on top of the nets.
 """
 
 from .autoencoders import Autoencoder, DenoisingAutoencoder
-from .encoders import ENCODERS
-from .errors import CheckpointError, lookup
+from .encoders import ENCODERS, DiagonalNormalEncoder
+from .errors import CheckpointError, ConfigError, lookup
+from .hierarchical import TwoLayerVAE
 from .likelihoods import LIKELIHOODS
-from .nets import NETS
+from .nets import NETS, mlp
 from .noise import make_noise
 from .priors import PRIORS
 from .vae import VAE
@@ -18,6 +19,7 @@ from .vae import VAE
 __all__ = [
     "AUTOENCODERS",
     "AUTOENCODER_OPTIONS",
+    "STOCHASTIC_LAYERS",
     "VAE_OPTIONS",
     "autoencoder_from_checkpoint",
     "build_autoencoder",
@@ -27,42 +29,75 @@ __all__ = [
 
 
 # The keyword arguments of build_vae: the part of a run's config that fixes the model.
-VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "prior", "likelihood", "posterior")
+# Options a config lacks (runs from before they existed) take build_vae's defaults, which are
+# what those runs were.
+VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "prior", "likelihood",
+               "posterior", "stochastic_layers")
 # The keyword arguments of build_autoencoder.
-AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "likelihood", "noise",
-                       "noise_level")
+AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "depth", "activation",
+                       "likelihood", "noise", "noise_level")
+# How many stochastic layers build_vae can stack: VAE, TwoLayerVAE.
+STOCHASTIC_LAYERS = (1, 2)
 # The autoencoders build_autoencoder makes: deterministic, denoising.
 AUTOENCODERS = ("ae", "dae")
 
 
-def _likelihood(name, dec_net_cls, latent_dim, hidden_dim, image_shape):
+def _likelihood(name, dec_net_cls, latent_dim, hidden_dim, image_shape, layers):
     """The named p(x|z) on an ``arch`` decoder net: the one head of a VAE and an autoencoder."""
-    return lookup(LIKELIHOODS, "likelihood", name)(dec_net_cls(latent_dim, hidden_dim, image_shape))
+    return lookup(LIKELIHOODS, "likelihood", name)(
+        dec_net_cls(latent_dim, hidden_dim, image_shape, **layers))
 
 
-def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, prior="normal",
-              likelihood="bernoulli", posterior="diagonal"):
-    """A :class:`VAE` with ``arch`` encoder/decoder nets and the named components."""
+def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1,
+              activation="relu", prior="normal", likelihood="bernoulli", posterior="diagonal",
+              stochastic_layers=1):
+    """A VAE with ``arch`` encoder/decoder nets (``depth`` hidden layers of ``hidden_dim``
+    units, ``activation``) and the named components.
+
+    ``stochastic_layers=1`` gives a :class:`VAE` over z (``latent_dim``). ``stochastic_layers=2``
+    gives a :class:`~pyro_vae.hierarchical.TwoLayerVAE` as in Burda et al. (2016): z1 of size
+    ``2 * latent_dim`` next to the image (the ``arch`` nets, the named posterior and
+    likelihood), z2 of size ``latent_dim`` on top (the named prior), and diagonal Gaussians
+    q(z2|z1), p(z1|z2) on MLPs of ``depth`` hidden layers of ``hidden_dim // 2`` units: at
+    latent 50, hidden 200, depth 2 and tanh, the paper's 784-200-200-100-100-100-50.
+    """
+    if stochastic_layers not in STOCHASTIC_LAYERS:
+        raise ConfigError(f"stochastic_layers must be 1 or 2, got {stochastic_layers!r}")
     enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
     encoder_cls = lookup(ENCODERS, "posterior", posterior)
     prior_cls = lookup(PRIORS, "prior", prior)
-    encoder = encoder_cls(
-        enc_net_cls(image_shape, hidden_dim, encoder_cls.out_dim(latent_dim)), latent_dim
-    )
-    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape)
-    prior_module = prior_cls.build(latent_dim, encoder=encoder, image_shape=tuple(image_shape))
-    return VAE(encoder, lik, prior_module)
+    layers = {"depth": depth, "activation": activation}
+    # the layer next to the image: z of a VAE, z1 of a two-layer VAE
+    z_dim = latent_dim * stochastic_layers
+    encoder = encoder_cls(enc_net_cls(image_shape, hidden_dim, encoder_cls.out_dim(z_dim),
+                                      **layers), z_dim)
+    lik = _likelihood(likelihood, dec_net_cls, z_dim, hidden_dim, image_shape, layers)
+    if stochastic_layers == 1:
+        prior_module = prior_cls.build(latent_dim, encoder=encoder, image_shape=tuple(image_shape))
+        return VAE(encoder, lik, prior_module)
+    if prior == "vamp":
+        raise ConfigError("the VampPrior is a mixture of a one-layer encoder's q(z|u); with two "
+                          "stochastic layers use --prior normal, learned, mixture or flow")
+    width = max(hidden_dim // 2, 1)
+    upper = DiagonalNormalEncoder(mlp(z_dim, width, 2 * latent_dim, depth, activation),
+                                  latent_dim)
+    transition = DiagonalNormalEncoder(mlp(latent_dim, width, 2 * z_dim, depth, activation),
+                                       z_dim)
+    prior_module = prior_cls.build(latent_dim, encoder=None, image_shape=tuple(image_shape))
+    return TwoLayerVAE(encoder, upper, transition, lik, prior_module)
 
 
 def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hidden_dim=400,
-                      likelihood="bernoulli", noise="gaussian", noise_level=0.5):
+                      depth=1, activation="relu", likelihood="bernoulli", noise="gaussian",
+                      noise_level=0.5):
     """An :class:`Autoencoder` (``model="ae"``) or :class:`DenoisingAutoencoder` (``"dae"``, with
     the named noise at ``noise_level``) on the ``arch`` nets and the named likelihood head, as
     :func:`build_vae` builds them; the encoder net outputs the code."""
     lookup(AUTOENCODERS, "autoencoder", model)
     enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
-    enc = enc_net_cls(image_shape, hidden_dim, latent_dim)
-    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape)
+    layers = {"depth": depth, "activation": activation}
+    enc = enc_net_cls(image_shape, hidden_dim, latent_dim, **layers)
+    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape, layers)
     if model == "dae":
         return DenoisingAutoencoder(enc, lik, make_noise(noise, noise_level))
     return Autoencoder(enc, lik)

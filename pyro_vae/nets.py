@@ -6,29 +6,53 @@ likelihood head decides). ``*batch`` may be several dimensions, e.g. ``(num_samp
 under a vectorized particle plate: the nets flatten and restore it.
 
 The VAE, the deterministic autoencoder and the denoising autoencoder are all built from these
-same classes, so that comparisons between them are fair.
+same classes, so that comparisons between them are fair. Every net takes ``depth`` (hidden
+layers of width ``hidden_dim``) and ``activation`` (a name from :data:`ACTIVATIONS`).
 """
 
 import math
 
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, lookup
 
-__all__ = ["NETS", "ConvDecoderNet", "ConvEncoderNet", "MLPDecoderNet", "MLPEncoderNet"]
+__all__ = [
+    "ACTIVATIONS",
+    "NETS",
+    "ConvDecoderNet",
+    "ConvEncoderNet",
+    "MLPDecoderNet",
+    "MLPEncoderNet",
+    "mlp",
+]
+
+# name -> activation module class
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU,
+               "softplus": nn.Softplus, "tanh": nn.Tanh}
+
+
+def mlp(in_dim, hidden_dim, out_dim, depth=1, activation="relu"):
+    """``Linear(in, hidden) -> act -> ... (depth hidden layers) -> Linear(hidden, out)``.
+
+    At ``depth=1`` the layers are ``net.0`` and ``net.2``, the layout of every earlier run's
+    checkpoint, which therefore still loads.
+    """
+    act = lookup(ACTIVATIONS, "activation", activation)
+    dims = [in_dim] + [hidden_dim] * depth
+    layers = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), act()]
+    return nn.Sequential(*layers, nn.Linear(dims[-1], out_dim))
 
 
 class MLPEncoderNet(nn.Module):
-    """``x -> flatten -> Linear(D, hidden) -> ReLU -> Linear(hidden, out_dim)``."""
+    """``x -> flatten -> Linear(D, hidden) -> act -> ... -> Linear(hidden, out_dim)``, ``depth``
+    hidden layers."""
 
-    def __init__(self, image_shape, hidden_dim, out_dim):
+    def __init__(self, image_shape, hidden_dim, out_dim, depth=1, activation="relu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        self.net = nn.Sequential(
-            nn.Linear(math.prod(self.image_shape), hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        self.net = mlp(math.prod(self.image_shape), hidden_dim, out_dim, depth, activation)
 
     def forward(self, x):
         # (*batch, C, H, W) -> (*batch, C*H*W) -> (*batch, out_dim)
@@ -36,16 +60,13 @@ class MLPEncoderNet(nn.Module):
 
 
 class MLPDecoderNet(nn.Module):
-    """``z -> Linear(latent, hidden) -> ReLU -> Linear(hidden, D) -> reshape to the image``."""
+    """``z -> Linear(latent, hidden) -> act -> ... -> Linear(hidden, D) -> reshape to the
+    image``, ``depth`` hidden layers."""
 
-    def __init__(self, latent_dim, hidden_dim, image_shape):
+    def __init__(self, latent_dim, hidden_dim, image_shape, depth=1, activation="relu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, math.prod(self.image_shape)),
-        )
+        self.net = mlp(latent_dim, hidden_dim, math.prod(self.image_shape), depth, activation)
 
     def forward(self, z):
         # (*batch, latent) -> (*batch, C*H*W) -> (*batch, C, H, W)
@@ -62,25 +83,25 @@ def _check_conv_shape(image_shape):
 
 
 class ConvEncoderNet(nn.Module):
-    """Two stride-2 4x4 convolutions (32, 64 channels), then ``Linear(hidden) -> ReLU -> Linear``.
+    """Two stride-2 4x4 convolutions (32, 64 channels), then ``depth`` hidden linear layers and
+    ``Linear(hidden, out_dim)``; ``activation`` after every layer but the last.
 
     28x28 -> 14x14 -> 7x7; the image sides must be multiples of 4.
     """
 
-    def __init__(self, image_shape, hidden_dim, out_dim):
+    def __init__(self, image_shape, hidden_dim, out_dim, depth=1, activation="relu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         _check_conv_shape(self.image_shape)
         c, h, w = self.image_shape
+        act = lookup(ACTIVATIONS, "activation", activation)
         self.net = nn.Sequential(
             nn.Conv2d(c, 32, 4, stride=2, padding=1),
-            nn.ReLU(),
+            act(),
             nn.Conv2d(32, 64, 4, stride=2, padding=1),
-            nn.ReLU(),
+            act(),
             nn.Flatten(),
-            nn.Linear(64 * (h // 4) * (w // 4), hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, out_dim),
+            *mlp(64 * (h // 4) * (w // 4), hidden_dim, out_dim, depth, activation),
         )
 
     def forward(self, x):
@@ -90,22 +111,22 @@ class ConvEncoderNet(nn.Module):
 
 
 class ConvDecoderNet(nn.Module):
-    """The mirror image of :class:`ConvEncoderNet`: ``Linear -> ReLU -> Linear -> two 4x4
-    stride-2 transposed convolutions`` (64 -> 32 -> C channels)."""
+    """The mirror image of :class:`ConvEncoderNet`: ``depth`` hidden linear layers, a linear
+    layer to 64 maps of a quarter of the image's sides, then two 4x4 stride-2 transposed
+    convolutions (64 -> 32 -> C channels)."""
 
-    def __init__(self, latent_dim, hidden_dim, image_shape):
+    def __init__(self, latent_dim, hidden_dim, image_shape, depth=1, activation="relu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         _check_conv_shape(self.image_shape)
         c, h, w = self.image_shape
+        act = lookup(ACTIVATIONS, "activation", activation)
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, 64 * (h // 4) * (w // 4)),
-            nn.ReLU(),
+            *mlp(latent_dim, hidden_dim, 64 * (h // 4) * (w // 4), depth, activation),
+            act(),
             nn.Unflatten(1, (64, h // 4, w // 4)),
             nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
-            nn.ReLU(),
+            act(),
             nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
         )
 

@@ -25,7 +25,7 @@ import pyro
 from pyro_vae.checkpoint import check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
-from pyro_vae.nets import NETS
+from pyro_vae.nets import ACTIVATIONS, NETS
 from pyro_vae.resources import check_model_size
 from pyro_vae.runs import check_run_dir, prepare_run_dir, resolve_device
 from pyro_vae.train import NonFiniteLossError
@@ -85,6 +85,10 @@ def add_net_args(g, d):
     g.add_argument("--arch", default=d.arch, help=f"networks: {', '.join(NETS)} (default: %(default)s)")
     g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="size of z (default: %(default)s)")
     g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="hidden width (default: %(default)s)")
+    g.add_argument("--depth", type=int, default=d.depth,
+                   help="hidden layers in each of encoder and decoder (default: %(default)s)")
+    g.add_argument("--activation", default=d.activation,
+                   help=f"{', '.join(ACTIVATIONS)} (default: %(default)s)")
 
 
 def add_training_args(g, d):
@@ -142,7 +146,8 @@ def check_common(cfg):
         lookup(DATASETS, "--dataset", cfg.dataset)
     lookup(BINARIZATIONS, "--binarize", cfg.binarize)
     lookup(NETS, "--arch", cfg.arch)
-    check_positive(cfg, ("epochs", "batch_size", "latent_dim", "hidden_dim"))
+    lookup(ACTIVATIONS, "--activation", cfg.activation)
+    check_positive(cfg, ("epochs", "batch_size", "latent_dim", "hidden_dim", "depth"))
     check_positive_finite(cfg, ("lr",))
     check_seed(cfg.seed)
 
@@ -306,8 +311,9 @@ def check_model_memory(build, cfg, data, device, particles=1):
     conv = cfg.arch == "conv"
     # activations kept for the backward pass, per image and particle: the image through each
     # layer (64 channels of it for the conv nets), the hidden layers, the code
-    per_item = pixels * (64 if conv else 4) + 4 * cfg.hidden_dim + 8 * cfg.latent_dim
-    settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --latent-dim {cfg.latent_dim} "
+    per_item = pixels * (64 if conv else 4) + 4 * cfg.hidden_dim * cfg.depth + 8 * cfg.latent_dim
+    settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --depth {cfg.depth} "
+                f"--latent-dim {cfg.latent_dim} "
                 f"--batch-size {cfg.batch_size}" + (f" --num-particles {particles}"
                                                      if particles > 1 else "")
                 + f" on {'x'.join(map(str, image_shape))} images")

@@ -51,6 +51,8 @@ class Config:
     arch: str = "mlp"  # encoder/decoder networks, from pyro_vae.nets.NETS
     latent_dim: int = 50  # size of the code z
     hidden_dim: int = 400  # width of the hidden layer(s)
+    depth: int = 1  # hidden layers in each of encoder and decoder
+    activation: str = "relu"  # from pyro_vae.nets.ACTIVATIONS
     likelihood: str = "auto"  # p(x|z) of the decoder, from LIKELIHOODS; auto: bernoulli for
     # binarized data, gaussian (fixed sigma 0.1: squared error, scaled) for grey levels
     noise: str = "gaussian"  # the DAE's corruption, from pyro_vae.noise.NOISES

@@ -24,7 +24,7 @@ from _cli import (
     finish_run, interrupted_after_training, interrupted_in_training, make_parser, parse_args,
     prepare_run, run_main, save_figures,
 )
-from pyro_vae.build import VAE_OPTIONS, build_vae
+from pyro_vae.build import STOCHASTIC_LAYERS, VAE_OPTIONS, build_vae
 from pyro_vae.encoders import ENCODERS
 from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
@@ -48,6 +48,9 @@ class Config:
     arch: str = "mlp"  # encoder/decoder networks, from pyro_vae.nets.NETS
     latent_dim: int = 50  # size of z
     hidden_dim: int = 400  # width of the hidden layer(s)
+    depth: int = 1  # hidden layers in each of encoder and decoder
+    activation: str = "relu"  # from pyro_vae.nets.ACTIVATIONS
+    stochastic_layers: int = 1  # 1: VAE; 2: z2 -> z1 -> x (pyro_vae.hierarchical.TwoLayerVAE)
     prior: str = "normal"  # p(z), from pyro_vae.priors.PRIORS
     likelihood: str = "bernoulli"  # p(x|z), from pyro_vae.likelihoods.LIKELIHOODS
     posterior: str = "diagonal"  # q(z|x), from pyro_vae.encoders.ENCODERS
@@ -74,6 +77,9 @@ def build_parser():
     g.add_argument("--prior", default=d.prior, help=f"p(z): {', '.join(PRIORS)} (default: %(default)s)")
     g.add_argument("--likelihood", default=d.likelihood, help=f"p(x|z): {', '.join(LIKELIHOODS)} (default: %(default)s)")
     g.add_argument("--posterior", default=d.posterior, help=f"q(z|x): {', '.join(ENCODERS)} (default: %(default)s)")
+    g.add_argument("--stochastic-layers", type=int, default=d.stochastic_layers,
+                   help="1: z -> x; 2: z2 -> z1 -> x, z1 twice the size of --latent-dim, as in "
+                   "the IWAE paper; --prior is p(z2), --posterior q(z1|x) (default: %(default)s)")
     g = p.add_argument_group("training")
     g.add_argument("--elbo", default=d.elbo, help=f"objective: {', '.join(ELBOS)} (default: %(default)s)")
     g.add_argument("--num-particles", type=int, default=d.num_particles, help="z samples per image per step (default: %(default)s)")
@@ -96,6 +102,8 @@ def check_config(cfg):
                            ("posterior", ENCODERS), ("elbo", ELBOS)):
         lookup(registry, f"--{name}", getattr(cfg, name))
     check_positive(cfg, ("num_particles", "eval_samples", "eval_images"))
+    if cfg.stochastic_layers not in STOCHASTIC_LAYERS:
+        raise ConfigError(f"--stochastic-layers must be 1 or 2, got {cfg.stochastic_layers}")
     check_positive_finite(cfg, ("beta",))
     if isinstance(cfg.kl_warmup, bool) or not isinstance(cfg.kl_warmup, int) or cfg.kl_warmup < 0:
         raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
