@@ -6,6 +6,10 @@ posterior is N(mu, Sigma), Sigma = (I + W^T W / s^2)^{-1}, mu = Sigma W^T (x - b
 GammaPoisson: rate r ~ Gamma(a, b), counts x_i | r ~ Poisson(r), i = 1..D  =>  the posterior is
 Gamma(a + sum x, b + D) and
 log p(x) = a log b - log Gamma(a) + log Gamma(a + sum x) - (a + sum x) log(b + D) - sum log x_i!.
+
+GaussianChain: a two-stochastic-layer chain per dimension, z2 ~ N(0, 1), z1 | z2 ~ N(a z2, s1^2),
+x | z1 ~ N(c z1, s0^2)  =>  x ~ N(0, c^2 (a^2 + s1^2) + s0^2); the posterior factorizes as
+p(z1 | x) p(z2 | z1) (z2 is independent of x given z1), both Gaussian.
 """
 
 import pyro
@@ -89,3 +93,50 @@ class GammaPoisson:
             torch.manual_seed(seed)
             rate = dist.Gamma(torch.tensor(self.a, dtype=torch.float64), self.b).sample((n,))
             return dist.Poisson(rate[:, None].expand(n, self.dim)).sample()
+
+
+def _normal(loc, scale):
+    return dist.Normal(loc, scale).to_event(1)
+
+
+class GaussianChain:
+    """The pieces of a :class:`~pyro_vae.hierarchical.TwoLayerVAE` for the chain z2 -> z1 -> x
+    (module doc), in float64, ``dim`` independent dimensions; ``guide_error`` shifts and
+    widens both guide factors (0: the exact posterior)."""
+
+    def __init__(self, dim=3, a=1.5, s1=0.6, c=2.0, s0=0.8):
+        self.dim, self.a, self.s1, self.c, self.s0 = dim, a, s1, c, s0
+        v1 = a**2 + s1**2  # marginal variance of z1
+        self.prec1 = 1 / v1 + c**2 / s0**2  # of p(z1 | x)
+        self.prec2 = 1 + a**2 / s1**2  # of p(z2 | z1)
+
+    def exact_log_px(self, x):
+        var = self.c**2 * (self.a**2 + self.s1**2) + self.s0**2
+        return dist.Normal(0.0, var**0.5).log_prob(x).sum(-1)
+
+    def prior(self):
+        return _normal(torch.zeros(self.dim, dtype=torch.float64), 1.0)
+
+    def transition(self, z2):
+        return _normal(self.a * z2, self.s1)
+
+    def likelihood(self, z1):
+        return _normal(self.c * z1, self.s0)
+
+    def encoder(self, guide_error=0.0):
+        def q1(x):
+            mean = self.c * x / self.s0**2 / self.prec1
+            return _normal(mean + guide_error, (1 + guide_error) / self.prec1**0.5)
+        return q1
+
+    def upper_encoder(self, guide_error=0.0):
+        def q2(z1):
+            mean = self.a * z1 / self.s1**2 / self.prec2
+            return _normal(mean - guide_error, (1 + guide_error) / self.prec2**0.5)
+        return q2
+
+    def data(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        z2 = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        z1 = self.a * z2 + self.s1 * torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        return self.c * z1 + self.s0 * torch.randn(n, self.dim, generator=g, dtype=torch.float64)

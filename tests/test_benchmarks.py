@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pyro
+import pytest
 import torch
 
 from pyro_vae.build import build_vae
@@ -15,7 +16,7 @@ from pyro_vae.train import make_elbo
 
 from conftest import ROOT, tiny_images
 
-BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py"}
+BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py", "bench_quality.py"}
 
 
 def _run(name, *args):
@@ -76,3 +77,20 @@ def test_ais_benchmark_runs_and_ends_with_its_ratio():
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio \d+\.\d\d", lines[-1]), lines[-1]
     assert any(line.startswith("AIS peak memory: 2 stages") for line in lines)
+
+
+def test_quality_benchmark_trains_both_models_on_a_subset_and_ends_with_the_difference(tmp_path):
+    proc = _run("bench_quality.py", "--no-download", "--data-root", str(tmp_path / "data"),
+                "--train-images", "300", "--epochs", "1", "--batch-size", "100",
+                "--eval-samples", "5", "--eval-images", "20", "--peers",
+                "pyro-example,pythae-arch")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"difference -?\d+\.\d\d", lines[-1]), lines[-1]
+    assert "300 training images, 1 epochs x batch 100" in proc.stdout
+    nll = {line.split()[0]: float(line.split()[2]) for line in lines
+           if line.split()[:1] in (["default"], ["pyro-example"], ["pythae-arch"])}
+    assert set(nll) == {"default", "pyro-example", "pythae-arch"}
+    # the last line is the difference of the two NLLs printed above it
+    assert float(lines[-1].split()[1]) == pytest.approx(nll["pyro-example"] - nll["default"],
+                                                         abs=0.011)
