@@ -635,7 +635,10 @@ def _launched(rank, size, port, fn, args, queue):
         result = ("error", type(e).__name__, str(e))
     finally:
         close()
-    queue.put((rank, result))
+    # as bytes: torch would share tensors through file descriptors that die with this process
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    queue.put((rank, buffer.getvalue()))
 
 
 def launch(fn, size, *args, timeout=120):
@@ -657,8 +660,8 @@ def launch(fn, size, *args, timeout=120):
     results = {}
     while len(results) < size and time.monotonic() < deadline:
         if not queue.empty():
-            rank, result = queue.get()
-            results[rank] = result
+            rank, data = queue.get()
+            results[rank] = torch.load(io.BytesIO(data), weights_only=False)
         elif all(not p.is_alive() for p in procs) and queue.empty():
             break
         else:
