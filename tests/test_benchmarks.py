@@ -15,7 +15,7 @@ from pyro_vae.train import make_elbo
 
 from conftest import ROOT, tiny_images
 
-BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py"}
+BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py", "bench_ddp.py"}
 
 
 def _run(name, *args):
@@ -76,3 +76,13 @@ def test_ais_benchmark_runs_and_ends_with_its_ratio():
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio \d+\.\d\d", lines[-1]), lines[-1]
     assert any(line.startswith("AIS peak memory: 2 stages") for line in lines)
+
+
+def test_ddp_benchmark_runs_one_and_two_processes_and_ends_with_its_efficiency():
+    proc = _run("bench_ddp.py", "--max-procs", "2", "--images", "64", "--batch-size", "16",
+                "--epochs", "1", "--hidden-dim", "16", "--latent-dim", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"efficiency \d+\.\d\d", lines[-1]), lines[-1]
+    assert lines[1].startswith("1 process x 1 thread:") and " efficiency 1.00 " in lines[1]
+    assert lines[2].startswith("2 processes x 1 thread:")
