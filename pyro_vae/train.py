@@ -75,13 +75,22 @@ def kl_schedule(beta=1.0, warmup_epochs=0):
 
 
 def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, batch_size,
-                binarize, generator, start_epoch, on_epoch, progress, columns=None):
+                binarize, generator, start_epoch, on_epoch, progress, columns=None, world=None,
+                x_test=None):
     """The loop shared by :func:`fit` and :func:`fit_autoencoder`.
 
     ``batch_loss(xb, epoch, first)`` returns the loss summed over the batch (``first``: the first
-    step of this call); ``test_loss()`` the mean test loss per image; ``columns(epoch)`` extra
-    columns for the epoch's row.
+    step of this call); ``test_loss()`` the mean test loss per image (``test_loss(x)``: over
+    ``x``); ``columns(epoch)`` extra columns for the epoch's row. With a ``world`` of several
+    processes, or data on a GPU, :func:`pyro_vae.distributed.run_epochs` runs the epochs.
     """
+    if world is not None and (world.size > 1 or x_train.device.type != "cpu"):
+        from .distributed import run_epochs
+
+        return run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
+                          epochs=epochs, batch_size=batch_size, binarize=binarize,
+                          generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
+                          progress=progress, columns=columns)
     history = []
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -119,7 +128,7 @@ def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, ba
 
 
 def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
-        start_epoch=0, on_epoch=None, progress=True, kl_weight=None):
+        start_epoch=0, on_epoch=None, progress=True, kl_weight=None, world=None):
     """Train ``vae`` with ``loss`` (a Pyro ELBO) for epochs ``start_epoch + 1 .. epochs``.
 
     Each epoch draws a permutation (and, with ``binarize="dynamic"``, fresh binary pixels) from
@@ -132,7 +141,12 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
     training steps (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the
     true -ELBO.
 
-    Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it.
+    Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it
+    (on a GPU, up to :data:`~pyro_vae.distributed.CUDA_CHECK_EVERY` steps after).
+
+    ``world``: a :class:`~pyro_vae.distributed.World` of several processes trains one job
+    with DistributedDataParallel, each process its share of every batch (see
+    :mod:`pyro_vae.distributed`); ``generator`` is then this rank's noise.
     """
     kl_weight = kl_weight or kl_schedule()
 
@@ -143,10 +157,12 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
             # -ELBO_beta, summed; Pyro passes kl_scale on to model and guide
             return loss.differentiable_loss(vae.model, vae.guide, xb, kl_scale=kl_weight(epoch))
 
-    return _run_epochs(vae, optimizer, batch_loss, lambda: evaluate_loss(vae, loss, x_test),
+    return _run_epochs(vae, optimizer, batch_loss,
+                       lambda x=x_test: evaluate_loss(vae, loss, x),
                        x_train, epochs=epochs, batch_size=batch_size, binarize=binarize,
                        generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
-                       progress=progress, columns=lambda epoch: {"kl_weight": kl_weight(epoch)})
+                       progress=progress, columns=lambda epoch: {"kl_weight": kl_weight(epoch)},
+                       world=world, x_test=x_test)
 
 
 # The DAE's test loss uses noise from this seed, the same pixels every epoch and every run.
@@ -165,12 +181,12 @@ def evaluate_autoencoder(ae, x, batch_size=1000):
 
 
 def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
-                    start_epoch=0, on_epoch=None, progress=True):
+                    start_epoch=0, on_epoch=None, progress=True, world=None):
     """Train an :class:`~pyro_vae.autoencoders.Autoencoder` (or DAE) by minibatch gradient
     descent on its reconstruction loss, with the batches, rows and errors of :func:`fit`;
-    a DAE's noise is drawn from ``generator`` for every batch."""
+    a DAE's noise is drawn from ``generator`` for every batch; ``world`` as for :func:`fit`."""
     return _run_epochs(
         ae, optimizer, lambda xb, epoch, first: ae.training_loss(xb, generator),
-        lambda: evaluate_autoencoder(ae, x_test), x_train, epochs=epochs, batch_size=batch_size,
-        binarize=binarize, generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
-        progress=progress)
+        lambda x=x_test: evaluate_autoencoder(ae, x), x_train, epochs=epochs,
+        batch_size=batch_size, binarize=binarize, generator=generator, start_epoch=start_epoch,
+        on_epoch=on_epoch, progress=progress, world=world, x_test=x_test)

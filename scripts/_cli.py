@@ -12,6 +12,7 @@ the model's size against free memory. ``--resume`` finishes whatever a stopped r
 """
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,6 +23,7 @@ import threading
 import matplotlib
 import pyro
 
+from pyro_vae import distributed
 from pyro_vae.checkpoint import check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
@@ -37,7 +39,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with the scripts' error policy: a bad flag value is one line, not the usage."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+        # under torchrun every rank parses the same flags: rank 0 says what is wrong
+        self.exit(2, None if distributed.env_rank() else f"{self.prog}: error: {message}; see --help\n")
 
 
 def make_parser(prog, doc):
@@ -332,27 +335,42 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_main(prog, body):
+def _say(error, line):
+    """Print ``line`` to stderr, unless another rank of a torchrun job prints it."""
+    if not distributed.quiet(error):
+        print(line, file=sys.stderr)
+
+
+def run_main(prog, body, *, processes=False):
     """Call ``body()`` under the error policy above, SIGTERM handled as Ctrl-C; returns the exit
-    code (``body``'s return value if it returns an int, e.g. that of a training script it ran)."""
+    code (``body``'s return value if it returns an int, e.g. that of a training script it ran).
+
+    ``processes``: the script runs as one job over the processes torchrun starts (see
+    :mod:`pyro_vae.distributed`): a failure on one rank stops every rank, and one rank says why.
+    Without it, a script started by torchrun with several processes is refused."""
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, handler) for sig, handler in (
             (signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupt))}
     try:
-        code = body()
+        if not processes and distributed.env_world_size() > 1:
+            raise RunError(f"{prog} runs in one process; start it with python, not torchrun")
+        with distributed.together() if processes else contextlib.nullcontext():
+            code = body()
+    except distributed.PeerStopped as e:  # another rank failed and says why
+        return e.code
     except UserError as e:  # not ValueError: a bug inside keeps its traceback
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        _say(e, f"{prog}: error: {e}")
         return 2
     except NonFiniteLossError as e:
         saved = getattr(e, "saved", "the last good checkpoint is kept in the run directory")
-        print(f"{prog}: error: {e}; {saved}", file=sys.stderr)
+        _say(e, f"{prog}: error: {e}; {saved}")
         return 1
     except Interrupted as e:
-        print(f"{prog}: interrupted: {e}", file=sys.stderr)
+        _say(e, f"{prog}: interrupted: {e}")
         return 130
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; files already written are kept", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        _say(e, f"{prog}: interrupted; files already written are kept")
         return 130
     finally:
         for sig, handler in handlers.items():

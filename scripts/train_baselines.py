@@ -3,6 +3,7 @@
     python scripts/train_baselines.py --model ae                        # runs/ae
     python scripts/train_baselines.py --model dae --noise salt-pepper --noise-level 0.3
     python scripts/train_baselines.py --model ae --arch conv --epochs 20 --out runs/conv-ae
+    torchrun --standalone --nproc_per_node=4 scripts/train_baselines.py --model dae
 
 The flags shared with train_svi.py mean the same there and here (data, networks, likelihood,
 epochs, batch size, learning rate, seed, run directory, --resume); the loss is the VAE's
@@ -27,13 +28,14 @@ from _cli import (
     claim_run_dir, config_from_args, failed_at, finish_run, interrupted_after_training,
     interrupted_in_training, make_parser, parse_args, prepare_run, run_main, save_figures,
 )
+from pyro_vae import distributed
 from pyro_vae.build import AUTOENCODER_OPTIONS, AUTOENCODERS, build_autoencoder
 from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
-from pyro_vae.runs import RUN_FILES, Recorder, write_json
+from pyro_vae.runs import RUN_FILES, write_json
 from pyro_vae.train import NonFiniteLossError, fit_autoencoder
 
 PROG = "train_baselines.py"
@@ -160,28 +162,35 @@ def prepare(cfg, resume=False, overwrite=False):
 def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     """Train (or continue, from the checkpoint state ``resume_state``) the AE or DAE run that
     ``cfg`` describes and write its run directory; returns the summary dict. Settings, run
-    directory, data and model are checked before anything is written, as in train_svi.py."""
-    device, data, ae = prepare(cfg, resume_state is not None, overwrite)
-    claim_run_dir(cfg, resume_state is not None, overwrite, outputs(cfg))
+    directory, data and model are checked before anything is written, as in train_svi.py.
+    Under torchrun, one run over its processes (see pyro_vae.distributed)."""
+    world = distributed.start(cfg.device)
+    device, data, ae = world.in_turn(lambda: prepare(cfg, resume_state is not None, overwrite))
+    world.check_resume(resume_state, cfg.out)
+    world.on_main(claim_run_dir, cfg, resume_state is not None, overwrite, outputs(cfg))
 
     optimizer = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    recorder = Recorder(cfg.out, ae, optimizer, dataclasses.asdict(cfg), generator,
-                        epochs=cfg.epochs, loss_label="-log p(x|z)")
+    generator = world.generator(cfg.seed, device)
+    recorder = world.recorder(cfg.out, ae, optimizer, dataclasses.asdict(cfg), generator,
+                              epochs=cfg.epochs, loss_label="-log p(x|z)")
     start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
-    write_json(dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
+    world.on_main(write_json, dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
     what = f"{cfg.model.upper()}" + (f" with {ae.noise!r}" if ae.noise is not None else "")
     print(f"[{PROG}] {what}; {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
           f"images, device {device}, {sum(p.numel() for p in ae.parameters()):,} parameters")
     try:
         fit_autoencoder(ae, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
-                        start_epoch=start_epoch, on_epoch=recorder, progress=progress)
+                        start_epoch=start_epoch, on_epoch=recorder, progress=progress,
+                        world=world)
     except KeyboardInterrupt:
         raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
                                       cfg.out) from None
     except NonFiniteLossError as e:
         raise failed_at(e, recorder) from None
+    world.finish()  # the rest is rank 0's alone
+    if not world.is_main:
+        return None
     try:
         summary = evaluate_and_draw(cfg, ae, data, recorder.history, device)
     except KeyboardInterrupt:
@@ -217,7 +226,7 @@ def main(argv=None):
                                                         PROG, outputs)
         run(cfg, resume_state, progress=not args.quiet, overwrite=overwrite)
 
-    return run_main(PROG, body)
+    return run_main(PROG, body, processes=True)
 
 
 if __name__ == "__main__":

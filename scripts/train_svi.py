@@ -3,6 +3,7 @@
     python scripts/train_svi.py                       # MLP VAE on MNIST, ~2 minutes on 2 CPU cores
     python scripts/train_svi.py --arch conv --epochs 20 --out runs/conv
     python scripts/train_svi.py --resume runs/svi --epochs 150
+    torchrun --standalone --nproc_per_node=4 scripts/train_svi.py   # one run over 4 processes
 
 The run directory (--out) receives config.json, metrics.csv / metrics.json (one row per epoch),
 checkpoint_last.pt / checkpoint_best.pt, summary.json (the test log-likelihood estimate) and PNG
@@ -24,6 +25,7 @@ from _cli import (
     finish_run, interrupted_after_training, interrupted_in_training, make_parser, parse_args,
     prepare_run, run_main, save_figures,
 )
+from pyro_vae import distributed
 from pyro_vae.build import STOCHASTIC_LAYERS, VAE_OPTIONS, build_vae
 from pyro_vae.encoders import ENCODERS
 from pyro_vae.errors import ConfigError, lookup
@@ -32,7 +34,7 @@ from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import RUN_FILES, Recorder, write_json
+from pyro_vae.runs import RUN_FILES, write_json
 from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
 
 PROG = "train_svi.py"
@@ -144,17 +146,19 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     """Train (or continue, from the checkpoint state ``resume_state``) the VAE run that ``cfg``
     describes and write its run directory; returns the summary dict. Settings, run directory,
     data and model are checked, in that order, before anything is written (a UserError names
-    what is wrong)."""
-    device, data, vae = prepare(cfg, resume_state is not None, overwrite)
-    claim_run_dir(cfg, resume_state is not None, overwrite, outputs(cfg))
+    what is wrong). Under torchrun, one run over its processes (see pyro_vae.distributed)."""
+    world = distributed.start(cfg.device)
+    device, data, vae = world.in_turn(lambda: prepare(cfg, resume_state is not None, overwrite))
+    world.check_resume(resume_state, cfg.out)
+    world.on_main(claim_run_dir, cfg, resume_state is not None, overwrite, outputs(cfg))
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    recorder = Recorder(cfg.out, vae, optimizer, dataclasses.asdict(cfg), generator,
-                        epochs=cfg.epochs, loss_label="-ELBO")
+    generator = world.generator(cfg.seed, device)
+    recorder = world.recorder(cfg.out, vae, optimizer, dataclasses.asdict(cfg), generator,
+                              epochs=cfg.epochs, loss_label="-ELBO")
     start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
-    write_json(dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
+    world.on_main(write_json, dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
 
     print(f"[{PROG}] {data.source}: {len(data.x_train)} train / {len(data.x_test)} test images, "
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
@@ -162,28 +166,36 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
         fit(vae, loss, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
             batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
             start_epoch=start_epoch, on_epoch=recorder, progress=progress,
-            kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup))
+            kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup), world=world)
     except KeyboardInterrupt:
         raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
                                       cfg.out) from None
     except NonFiniteLossError as e:
         raise failed_at(e, recorder) from None
     try:
-        summary = evaluate_and_draw(cfg, vae, data, recorder.history)
+        summary = evaluate_and_draw(cfg, vae, data, recorder.history, world)
     except KeyboardInterrupt:
         raise interrupted_after_training(cfg.epochs, cfg.out) from None
-    finish_run(cfg.out)
+    if world.is_main:
+        finish_run(cfg.out)
     return summary
 
 
-def evaluate_and_draw(cfg, vae, data, history):
-    """What a run does once trained: the test log p(x), summary.json, the figures."""
+def evaluate_and_draw(cfg, vae, data, history, world=None):
+    """What a run does once trained: the test log p(x), summary.json, the figures. With a
+    ``world`` of several processes, each estimates log p(x) on its share of the images and rank
+    0 writes (the others return None)."""
+    world = world or distributed.current()
     vae.eval()
     x_eval = data.x_test[: cfg.eval_images]
     print(f"[{PROG}] estimating log p(x) on {len(x_eval)} test images with "
           f"{cfg.eval_samples} importance samples each ...")
-    est = log_likelihood(vae.model, vae.guide, x_eval, num_samples=cfg.eval_samples,
-                         batch_size=100)
+    est = world.estimate(lambda x: log_likelihood(vae.model, vae.guide, x,
+                                                  num_samples=cfg.eval_samples, batch_size=100),
+                         x_eval)
+    world.finish()
+    if not world.is_main:
+        return None
     summary = {f"test_loglik_{k}": v for k, v in est.summary().items()}
     summary.update(epochs=len(history), dataset_source=data.source)
     write_json(summary, os.path.join(cfg.out, "summary.json"))
@@ -206,7 +218,7 @@ def main(argv=None):
                                                         outputs)
         run(cfg, resume_state, progress=not args.quiet, overwrite=overwrite)
 
-    return run_main(PROG, body)
+    return run_main(PROG, body, processes=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from pyro_vae.train import make_elbo
 
 from conftest import ROOT, tiny_images
 
-BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py", "bench_quality.py"}
+BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py", "bench_quality.py",
+              "bench_ddp.py"}
 
 
 def _run(name, *args):
@@ -94,3 +95,13 @@ def test_quality_benchmark_trains_both_models_on_a_subset_and_ends_with_the_diff
     # the last line is the difference of the two NLLs printed above it
     assert float(lines[-1].split()[1]) == pytest.approx(nll["pyro-example"] - nll["default"],
                                                          abs=0.011)
+
+
+def test_ddp_benchmark_runs_one_and_two_processes_and_ends_with_its_efficiency():
+    proc = _run("bench_ddp.py", "--max-procs", "2", "--images", "64", "--batch-size", "16",
+                "--epochs", "1", "--hidden-dim", "16", "--latent-dim", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"efficiency \d+\.\d\d", lines[-1]), lines[-1]
+    assert lines[1].startswith("1 process x 1 thread:") and " efficiency 1.00 " in lines[1]
+    assert lines[2].startswith("2 processes x 1 thread:")

@@ -1,0 +1,677 @@
+"""Training past one process: one job over N processes with torchrun and DistributedDataParallel.
+
+``torchrun --nproc_per_node=N scripts/train_svi.py ...`` starts N processes, the *ranks* of one
+job (torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
+gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
+
+- **The loss module.** The loss of a batch, summed over its images, is the forward of a module
+  whose parameters are the model's (Pyro's ``svi_lightning.py`` pattern, ``Trace_ELBO()(model,
+  guide)``; our VAE holds plain ``nn.Parameter`` s, no ``pyro.param``), wrapped in DDP. DDP copies
+  rank 0's weights at the start and averages the gradients of the ranks in the backward pass.
+- **The batches.** One permutation per epoch, drawn from a generator seeded alike on every rank
+  (``World.order``); each global batch of B images is split into N contiguous shares of
+  ``B // N`` or ``B // N + 1`` images, rank r taking share r, so that N processes see the batches
+  one process would (no ``pyro.plate`` subsampling: every rank would draw the same subsample).
+- **The gradient.** Each rank backpropagates its share's summed loss times N / B; DDP's average
+  over ranks then gives sum_r grad(loss_r) / B, the gradient of the global batch's mean loss per
+  image, the quantity one process steps on (:mod:`pyro_vae.train`).
+- **Noise.** Reparameterized draws (torch's global generator) and dynamic binarization or a
+  DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`.
+- **Writing.** Only rank 0 writes (config, metrics, checkpoints, summary, figures) and prints;
+  metrics are summed over ranks; the final log p(x) estimate is sharded and gathered.
+- **Stopping together.** A rank that fails (a NaN or infinite loss, an exception, Ctrl-C or
+  SIGTERM) must not leave the others waiting in a collective. Ranks meet at *agreements*
+  (:meth:`World.agree`): each says whether it failed, and if one did, all stop. Agreements are
+  held before every backward pass on the CPU (every :data:`CUDA_CHECK_EVERY` steps on a GPU),
+  after each epoch's checkpoint, and when a rank leaves the job; signals are deferred to the next
+  agreement while training. The lowest failing rank prints the one message (rank 0 for an
+  interrupt: it saves the weights); the others exit silently (:class:`PeerStopped`) with the same
+  exit code. A rank that dies outright is seen by gloo at once, and torchrun stops the rest; a
+  collective that waits longer than :data:`TIMEOUT` fails.
+- **Resume.** Rank 0's checkpoint holds every rank's random state and the number of ranks; a
+  run resumes exactly under the same number, and is refused in one line under another.
+
+A world of one (no torchrun) runs the single-process loop of :mod:`pyro_vae.train` unchanged on
+the CPU. On a GPU, one process or N, the loop here keeps the whole dataset on the device and
+reads the loss on the host only every :data:`CUDA_CHECK_EVERY` steps (the finite check runs on
+the device, so a NaN is found up to that many steps late, after the optimizer stepped on it;
+``checkpoint_last.pt`` is the end of the last good epoch either way).
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import io
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import save_checkpoint
+from .data import batches as single_batches
+from .errors import CheckpointError, RunError, UserError
+from .runs import Recorder, resolve_device, rng_state, set_rng_state, write_metrics
+
+__all__ = [
+    "CUDA_CHECK_EVERY",
+    "TIMEOUT",
+    "DistributedRecorder",
+    "PeerStopped",
+    "World",
+    "current",
+    "env_rank",
+    "env_world_size",
+    "launch",
+    "quiet",
+    "rank_seed",
+    "run_epochs",
+    "start",
+    "together",
+]
+
+# How long a collective waits for the slowest rank before it fails: longer than any stretch one
+# rank works alone (rank 0 writing a checkpoint, the ranks loading the data in turn).
+TIMEOUT = datetime.timedelta(minutes=10)
+# On a GPU the loss is read on the host (and the ranks agree) every this many steps.
+CUDA_CHECK_EVERY = 20
+
+# A rank's status at an agreement, and the exit code each gives
+_OK, _NONFINITE, _USER, _BUG, _INTERRUPT = 0, 1, 2, 3, 4
+_EXIT = {_NONFINITE: 1, _USER: 2, _BUG: 1, _INTERRUPT: 130}
+
+
+class PeerStopped(Exception):
+    """This rank stops because another rank failed or was interrupted; that rank (or rank 0)
+    prints the message. ``code`` is the exit code to leave with."""
+
+    def __init__(self, code, rank):
+        self.code, self.rank = code, rank
+        super().__init__(f"stopped: rank {rank} failed")
+
+
+def env_rank():
+    """This process's rank as torchrun set it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world_size():
+    """The number of processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def quiet(error):
+    """Whether this process should keep ``error`` to itself: on ranks other than 0, errors that
+    every rank raises alike (before the ranks are joined) are printed by rank 0 alone; an error
+    that an agreement found here is printed here."""
+    return env_rank() > 0 and not getattr(error, "_report_here", False)
+
+
+def rank_seed(seed, rank):
+    """The seed of rank ``rank``'s noise in a run seeded ``seed``: well mixed (numpy's
+    SeedSequence), different for every rank, the same on every machine and Python version."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def _status(error):
+    from .train import NonFiniteLossError
+
+    if error is None:
+        return _OK
+    if isinstance(error, NonFiniteLossError):
+        return _NONFINITE
+    if isinstance(error, UserError):
+        return _USER
+    if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Interrupted":
+        return _INTERRUPT
+    return _BUG
+
+
+class _LossModule(nn.Module):
+    """The loss as a module, for DDP: ``forward(xb, *args)`` is ``loss(xb, *args)``, summed over
+    the batch; its parameters are ``model``'s. An empty share (a last global batch smaller than
+    the number of ranks) gives 0 with a zero gradient for every parameter, as DDP requires."""
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, xb, *args, **kwargs):
+        if xb.shape[0] == 0:
+            return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+        return self.loss(xb, *args, **kwargs)
+
+
+class World:
+    """This process's place in the job: ``rank`` of ``size`` processes (a world of one outside
+    torchrun), and what the ranks do together."""
+
+    def __init__(self, rank=0, size=1, local_rank=0, device=None):
+        self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.device = device
+        self.order = None  # the generator of the permutations, alike on every rank
+        self.stopped = False  # an agreement found a failure: no more collectives
+        self.finished = False  # past the last collective of the job
+        self.interrupted = False  # a signal deferred to the next agreement
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def joined(self):
+        """Whether collectives are still to be held (more than one rank, none stopped)."""
+        return self.size > 1 and not self.stopped and not self.finished
+
+    # --- agreements --------------------------------------------------------------------------
+
+    def agree(self, error=None):
+        """Every rank calls this at the same point; each says whether it failed (``error``,
+        or a deferred interrupt). If none did, returns. Otherwise every rank stops: the lowest
+        rank that failed re-raises its ``error`` (an interrupt: rank 0 raises KeyboardInterrupt,
+        so that it saves the weights), the others raise :class:`PeerStopped`."""
+        if not self.joined:
+            if error is not None:
+                raise error
+            return
+        mine = _status(error)
+        if mine == _OK and self.interrupted:
+            mine = _INTERRUPT
+        status = torch.tensor([mine], dtype=torch.long, device=self._comm_device())
+        gathered = [torch.zeros_like(status) for _ in range(self.size)]
+        try:
+            dist.all_gather(gathered, status)
+        except Exception:
+            self.stopped = True  # a peer died or timed out: the collective itself failed
+            if error is not None:
+                raise error
+            raise
+        codes = [int(s.item()) for s in gathered]
+        if not any(codes):
+            return
+        self.stopped = True
+        failed = [r for r, c in enumerate(codes) if c not in (_OK, _INTERRUPT)]
+        if failed:
+            reporter = failed[0]
+            code = _EXIT[codes[reporter]]
+            if reporter == self.rank:
+                error._report_here = True
+                raise error
+        else:  # only interrupts: rank 0 saves the weights and says how to resume
+            reporter, code = 0, 130
+            if self.is_main:
+                interrupt = error if isinstance(error, KeyboardInterrupt) else KeyboardInterrupt()
+                interrupt._report_here = True
+                raise interrupt
+        raise PeerStopped(code, reporter)
+
+    def in_turn(self, fn):
+        """``fn()`` on rank 0, then (once it succeeded) on the other ranks, whose output to stderr
+        (notices rank 0 already gave) is dropped; returns its value. For work that may write
+        shared files (downloading a dataset)."""
+        if self.size == 1:
+            return fn()
+        value, error = None, None
+        if self.is_main:
+            try:
+                value = fn()
+            except BaseException as e:  # noqa: B036  (handed to the agreement)
+                error = e
+        self.agree(error)
+        if not self.is_main:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    value = fn()
+            except BaseException as e:  # noqa: B036
+                error = e
+        self.agree(error)
+        return value
+
+    def on_main(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on rank 0 only, then an agreement."""
+        error = None
+        if self.is_main:
+            try:
+                fn(*args, **kwargs)
+            except BaseException as e:  # noqa: B036
+                error = e
+        self.agree(error)
+
+    def finish(self):
+        """The job's last collective: after it, rank 0 writes alone (summary, figures) and the
+        other ranks are done."""
+        self.agree()
+        self.finished = True
+
+    @contextlib.contextmanager
+    def deferring_interrupts(self):
+        """While training with several ranks, Ctrl-C and SIGTERM set a flag that the next
+        agreement reads, so that every rank stops at the same step; an agreement on leaving."""
+        if self.size == 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def defer(signum, frame):
+            self.interrupted = True
+
+        old = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+            self.agree()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    # --- data and numbers ----------------------------------------------------------------------
+
+    def share(self, n):
+        """This rank's contiguous share of ``n`` items, a slice: the first ``n % size`` ranks take
+        ``n // size + 1``, the others ``n // size`` (as ``torch.tensor_split``)."""
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def generator(self, seed, device):
+        """Seed this rank and return its data generator (binarization, a DAE's noise). A world of
+        one: ``torch.Generator(device).manual_seed(seed)``, as a single process always did, and
+        torch's global generator untouched (the script seeded it with ``seed``). Several ranks:
+        torch's global generator and the data generator at :func:`rank_seed`, the permutations
+        from ``order``, seeded ``seed`` alike on every rank. Call it after building the model
+        (every rank builds the same one from ``seed``)."""
+        if self.size == 1:
+            return torch.Generator(device=device).manual_seed(seed)
+        torch.manual_seed(rank_seed(seed, self.rank))  # also every CUDA device's
+        self.order = torch.Generator(device=device).manual_seed(seed)
+        return torch.Generator(device=device).manual_seed(rank_seed(seed, self.rank))
+
+    def batches(self, x, batch_size, *, binarize, generator):
+        """Yield ``(share, global_size)`` per step: this rank's share of each global batch of the
+        epoch's permutation (drawn from ``order``), freshly binarized from ``generator`` with
+        ``binarize="dynamic"``, and the global batch's size. A world of one yields the batches of
+        :func:`pyro_vae.data.batches` (one generator for both, as before)."""
+        if self.size == 1:
+            for xb in single_batches(x, batch_size, binarize=binarize, generator=generator):
+                yield xb, xb.shape[0]
+            return
+        perm = torch.randperm(x.shape[0], generator=self.order, device=x.device)
+        for start in range(0, x.shape[0], batch_size):
+            idx = perm[start : start + batch_size]
+            xb = x[idx[self.share(len(idx))]]
+            if binarize == "dynamic":
+                xb = torch.bernoulli(xb, generator=generator)
+            yield xb, len(idx)
+
+    def sum(self, values):
+        """The sums over ranks of a few numbers (float64), as a list of floats."""
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64,
+                         device=self._comm_device())
+        if self.size > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj):
+        """Every rank's ``obj`` (picklable; tensors are moved to the CPU), in rank order."""
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def estimate(self, fn, x):
+        """``fn(x)``, an :class:`~pyro_vae.estimators.Estimate` over the images ``x``, computed by
+        each rank on its share and gathered (every per-image field concatenated in rank order,
+        which is the order of ``x``)."""
+        if self.size == 1:
+            return fn(x)
+        from .estimators import Estimate
+
+        share = x[self.share(x.shape[0])]
+        local = fn(share) if share.shape[0] else None
+        fields = [f.name for f in dataclasses.fields(Estimate)]
+        mine = None if local is None else {
+            k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(local).items()}
+        parts = [p for p in self.gather(mine) if p is not None]
+        merged = {k: (torch.cat([p[k] for p in parts]) if torch.is_tensor(parts[0][k])
+                      else parts[0][k]) for k in fields}
+        return Estimate(**merged)
+
+    def wrap(self, module, loss):
+        """The DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), after an
+        agreement (DDP's constructor is a collective: it copies rank 0's weights to all)."""
+        self.agree()
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        return DistributedDataParallel(_LossModule(module, loss),
+                                       device_ids=[self.local_rank] if on_gpu else None)
+
+    def _comm_device(self):
+        if self.size > 1 and dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def check_resume(self, state, run_dir):
+        """Refuse to resume a checkpoint ``state`` written by another number of processes."""
+        if state is None:
+            return
+        saved = state.get("world_size", 1)
+        if saved != self.size:
+            how = (f"torchrun --nproc_per_node={saved} ..." if saved > 1
+                   else "python, not torchrun")
+            raise CheckpointError(
+                f"{run_dir} was trained by {saved} process{'es' if saved > 1 else ''}, and this "
+                f"is {self.size}: a run resumes exactly only as it ran; resume it with {how}")
+
+    def recorder(self, *args, **kwargs):
+        """The run's :class:`~pyro_vae.runs.Recorder`; with several ranks a
+        :class:`DistributedRecorder`."""
+        if self.size == 1:
+            return Recorder(*args, **kwargs)
+        return DistributedRecorder(self, *args, **kwargs)
+
+
+class DistributedRecorder(Recorder):
+    """A :class:`~pyro_vae.runs.Recorder` for one rank of several: every rank keeps the history
+    (for its messages), rank 0 alone writes. A checkpoint holds ``world_size`` and, under
+    ``rng``, the permutations' generator (``order``) and every rank's own states (``ranks``),
+    gathered after each epoch, so that a resumed run continues every rank's streams exactly."""
+
+    def __init__(self, world, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world = world
+        self._rng = None
+
+    def _local_rng(self):
+        return rng_state(self.generator)
+
+    def state(self, epoch):
+        state = super().state(epoch)
+        if self._rng is not None:
+            state["rng"] = self._rng
+        state["world_size"] = self.world.size
+        return state
+
+    def resume(self, state):
+        """:meth:`Recorder.resume` with this rank's random states; rank 0 rewrites the
+        metrics. A checkpoint of another number of processes is refused."""
+        self.world.check_resume(state, self.out)
+        try:
+            mine = state["rng"]["ranks"][self.world.rank]
+            self.world.order.set_state(state["rng"]["order"])
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(mine, self.generator)
+            self.history = list(state["history"])
+            epoch = int(state["epoch"])
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"the checkpoint in {self.out} does not fit the model its "
+                                  f"config describes, or lacks rank {self.world.rank}'s random "
+                                  f"state ({first})") from None
+        self.best = min((row["test_loss"] for row in self.history), default=float("inf"))
+        if self.world.is_main:
+            write_metrics(self.history, self.out)
+        return epoch
+
+    def __call__(self, row):
+        states = self.world.gather(self._local_rng())  # a collective: every rank
+        order = self.world.order.get_state()
+        self._rng = {"order": order, "ranks": states}
+        error = None
+        if self.world.is_main:
+            try:
+                super().__call__(row)
+            except BaseException as e:  # noqa: B036  (handed to the agreement)
+                error = e
+        else:
+            self.history.append(row)
+            self.best = min(self.best, row["test_loss"])
+        self.world.agree(error)
+
+    def save_interrupted(self):
+        path = os.path.join(self.out, "checkpoint_interrupted.pt")
+        if self.world.is_main:
+            save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
+        return path
+
+
+# The process's world, once :func:`start` made it.
+_current = None
+
+
+def current():
+    """The world :func:`start` made (a world of one before)."""
+    return _current if _current is not None else World()
+
+
+def start(device="auto", *, timeout=TIMEOUT):
+    """Join this process to its job and return its :class:`World`: outside torchrun (or with
+    one process) a world of one, nothing initialized; under torchrun the process group (gloo
+    on the CPU, NCCL with one GPU per rank, ``cuda:LOCAL_RANK``), and on ranks other than 0
+    stdout goes to /dev/null (rank 0 reports)."""
+    global _current
+    size = env_world_size()
+    if size <= 1:
+        _current = World()
+        return _current
+    dev = resolve_device(device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise RunError(f"{size} processes on this machine, but torch sees "
+                           f"{torch.cuda.device_count()} CUDA device(s): start at most that many "
+                           "with --nproc_per_node, or use --device cpu")
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    _current = World(dist.get_rank(), dist.get_world_size(), local, dev)
+    if not _current.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    return _current
+
+
+def close():
+    """Leave the job: destroy the process group, forget the world."""
+    global _current
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _current = None
+
+
+@contextlib.contextmanager
+def together():
+    """The body of a script's ``main`` under torchrun: a rank that leaves it, by an error or at
+    the end, first meets the others (:meth:`World.agree`), so that a failure on one rank stops
+    all of them; the process group is destroyed on the way out."""
+    try:
+        yield
+        world = current()
+        if world.joined:
+            world.agree()
+    except PeerStopped:
+        raise
+    except BaseException as e:  # noqa: B036  (told to the other ranks, then raised)
+        world = current()
+        if world.joined:
+            world.agree(e)
+        raise
+    finally:
+        close()
+
+
+# --- the training loop of several processes, or of a GPU ------------------------------------
+
+
+@contextlib.contextmanager
+def _pyro_nan_warnings_off():
+    """Pyro's ELBOs test the loss for NaN on the host (``warn_if_nan``): a device sync per step
+    on a GPU. The loop checks the loss itself, so on a GPU the test is left out."""
+    import pyro.infer.renyi_elbo
+    import pyro.infer.trace_elbo
+    import pyro.infer.trace_mean_field_elbo
+
+    modules = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo, pyro.infer.renyi_elbo)
+    saved = [m.warn_if_nan for m in modules]
+    for m in modules:
+        m.warn_if_nan = lambda value, *args, **kwargs: value
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            m.warn_if_nan = f
+
+
+def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs,
+               batch_size, binarize, generator, start_epoch, on_epoch, progress, columns=None,
+               check_every=None):
+    """:func:`pyro_vae.train._run_epochs` for several ranks, or for a GPU: the same rows, the
+    same ``batch_loss(xb, epoch, first)`` and ``test_loss(x)`` (mean per image over ``x``).
+
+    Each step computes this rank's share of the global batch (:meth:`World.batches`), steps on
+    the global batch's mean loss per image (DDP averaging the ranks' gradients), and adds the
+    loss to a running sum on the device. The loss is checked for NaN or infinity every
+    ``check_every`` steps (default: every step on the CPU, where reading it costs no device
+    sync, so that the optimizer never steps on it; :data:`CUDA_CHECK_EVERY` on a GPU, where a
+    read is a sync, found on the device then read) and at each epoch's end; the ranks agree at
+    each check. The test loss is computed on each rank's share of ``x_test`` and summed.
+    """
+    from .train import NonFiniteLossError
+
+    device = x_train.device
+    check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
+    forward = world.wrap(module, batch_loss) if world.size > 1 else batch_loss
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    history = []
+    quiet_pyro = _pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
+    with world.deferring_interrupts(), quiet_pyro:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            module.train()
+            extra = columns(epoch) if columns is not None else {}
+            t0 = time.perf_counter()
+            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed, this rank
+            first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
+            seen = 0
+            bar = tqdm(world.batches(x_train, batch_size, binarize=binarize, generator=generator),
+                       total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not (progress and world.is_main), unit="batch")
+            for step, (xb, global_size) in enumerate(bar, 1):
+                error = None
+                try:
+                    loss = forward(xb, epoch, first=not history and step == 1)  # summed, (,)
+                    if check_every == 1:
+                        value = loss.item()
+                        if not math.isfinite(value):
+                            error = NonFiniteLossError(epoch, step, value)
+                    else:  # remember the first bad step on the device; read it at the check
+                        bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+                        first_bad = torch.where(bad, step, first_bad)
+                except Exception as e:  # noqa: BLE001  (handed to the agreement)
+                    error = e
+                if error is None and check_every > 1 and (step % check_every == 0
+                                                          or step == steps_per_epoch):
+                    bad_step = int(first_bad.item())  # the one host read of the window
+                    if bad_step:
+                        error = NonFiniteLossError(epoch, bad_step, float("nan"))
+                if check_every == 1 or error is not None or step % check_every == 0 \
+                        or step == steps_per_epoch:
+                    world.agree(error)  # a world of one: raises the error, if any
+                optimizer.zero_grad(set_to_none=True)
+                # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
+                (loss * (world.size / global_size)).backward()
+                optimizer.step()
+                total += loss.detach()
+                seen += xb.shape[0]
+                if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
+                    bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
+            seconds = time.perf_counter() - t0
+            module.eval()
+            error, test_sum = None, 0.0
+            share = x_test[world.share(x_test.shape[0])]
+            try:
+                test_sum = test_loss(share) * share.shape[0] if share.shape[0] else 0.0
+            except Exception as e:  # noqa: BLE001
+                error = e
+            world.agree(error)
+            train_sum, seen_all, test_sum = world.sum([total.item(), seen, test_sum])
+            row = {"epoch": epoch, "train_loss": train_sum / seen_all,
+                   "test_loss": test_sum / x_test.shape[0], **extra, "seconds": seconds,
+                   "images_per_second": seen_all / seconds}
+            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 reports
+                world.agree(NonFiniteLossError(epoch, "test", row["test_loss"])
+                            if world.is_main else None)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+    return history
+
+
+# --- running ranks from Python (tests, benchmarks) ------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launched(rank, size, port, fn, args, queue):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        result = ("ok", fn(*args))
+    except BaseException as e:  # noqa: B036  (reported to the parent)
+        result = ("error", type(e).__name__, str(e))
+    finally:
+        close()
+    # as bytes: torch would share tensors through file descriptors that die with this process
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    queue.put((rank, buffer.getvalue()))
+
+
+def launch(fn, size, *args, timeout=120):
+    """Run ``fn(*args)`` in ``size`` new processes, ranks 0..size-1 of one job on this machine
+    (what torchrun would set up, one torch thread each); ``fn`` must be importable (a module's
+    top-level function) and calls :func:`start` itself. Returns each rank's outcome in rank
+    order: ``("ok", value)`` or ``("error", exception class name, message)``. A process still
+    running after ``timeout`` seconds is killed and TimeoutError raised."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_launched, args=(r, size, port, fn, args, queue), daemon=True)
+             for r in range(size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    results = {}
+    while len(results) < size and time.monotonic() < deadline:
+        if not queue.empty():
+            rank, data = queue.get()
+            results[rank] = torch.load(io.BytesIO(data), weights_only=False)
+        elif all(not p.is_alive() for p in procs) and queue.empty():
+            break
+        else:
+            time.sleep(0.05)
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()) if len(results) == size else 0)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    if len(results) < size:
+        missing = sorted(set(range(size)) - set(results))
+        raise TimeoutError(f"ranks {missing} did not finish within {timeout} s")
+    return [results[r] for r in range(size)]
