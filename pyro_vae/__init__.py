@@ -49,7 +49,15 @@ from .priors import (
     StandardNormalPrior,
     VampPrior,
 )
-from .train import ELBOS, NonFiniteLossError, fit, fit_autoencoder, kl_schedule, make_elbo
+from .train import (
+    ELBOS,
+    NonFiniteLossError,
+    fit,
+    fit_autoencoder,
+    kl_schedule,
+    lr_schedule,
+    make_elbo,
+)
 from .vae import VAE
 
 __all__ = [
@@ -103,6 +111,7 @@ __all__ = [
     "IWAE",
     "make_elbo",
     "kl_schedule",
+    "lr_schedule",
     "fit",
     "fit_autoencoder",
     "NonFiniteLossError",

@@ -19,6 +19,7 @@ from .vae import VAE
 __all__ = [
     "AUTOENCODERS",
     "AUTOENCODER_OPTIONS",
+    "EARLIER_OPTIONS",
     "STOCHASTIC_LAYERS",
     "VAE_OPTIONS",
     "autoencoder_from_checkpoint",
@@ -29,13 +30,13 @@ __all__ = [
 
 
 # The keyword arguments of build_vae: the part of a run's config that fixes the model.
-# Options a config lacks (runs from before they existed) take build_vae's defaults, which are
-# what those runs were.
 VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "prior", "likelihood",
                "posterior", "stochastic_layers")
 # The keyword arguments of build_autoencoder.
 AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "depth", "activation",
                        "likelihood", "noise", "noise_level")
+# What a run's config lacking an option (a run from before it existed) was built with.
+EARLIER_OPTIONS = {"depth": 1, "activation": "relu", "stochastic_layers": 1}
 # How many stochastic layers build_vae can stack: VAE, TwoLayerVAE.
 STOCHASTIC_LAYERS = (1, 2)
 # The autoencoders build_autoencoder makes: deterministic, denoising.
@@ -49,7 +50,7 @@ def _likelihood(name, dec_net_cls, latent_dim, hidden_dim, image_shape, layers):
 
 
 def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1,
-              activation="relu", prior="normal", likelihood="bernoulli", posterior="diagonal",
+              activation="silu", prior="normal", likelihood="bernoulli", posterior="diagonal",
               stochastic_layers=1):
     """A VAE with ``arch`` encoder/decoder nets (``depth`` hidden layers of ``hidden_dim``
     units, ``activation``) and the named components.
@@ -88,7 +89,7 @@ def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1
 
 
 def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hidden_dim=400,
-                      depth=1, activation="relu", likelihood="bernoulli", noise="gaussian",
+                      depth=1, activation="silu", likelihood="bernoulli", noise="gaussian",
                       noise_level=0.5):
     """An :class:`Autoencoder` (``model="ae"``) or :class:`DenoisingAutoencoder` (``"dae"``, with
     the named noise at ``noise_level``) on the ``arch`` nets and the named likelihood head, as
@@ -101,6 +102,13 @@ def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hid
     if model == "dae":
         return DenoisingAutoencoder(enc, lik, make_noise(noise, noise_level))
     return Autoencoder(enc, lik)
+
+
+def _options(config, names):
+    """The builder's keyword arguments from a run's config; options the config lacks are
+    :data:`EARLIER_OPTIONS` (what runs made before them were built with)."""
+    return {k: config.get(k, EARLIER_OPTIONS.get(k)) for k in names
+            if k in config or k in EARLIER_OPTIONS}
 
 
 def _load_strictly(module, state, options):
@@ -122,7 +130,7 @@ def vae_from_checkpoint(state, image_shape):
     if state["config"].get("model", "vae") != "vae":
         raise CheckpointError(f"the checkpoint holds an autoencoder ({state['config']['model']!r}), "
                               "not a VAE; use a run of scripts/train_svi.py")
-    options = {k: state["config"][k] for k in VAE_OPTIONS if k in state["config"]}
+    options = _options(state["config"], VAE_OPTIONS)
     return _load_strictly(build_vae(image_shape, **options), state, options)
 
 
@@ -131,5 +139,5 @@ def autoencoder_from_checkpoint(state, image_shape):
     if state["config"].get("model") not in AUTOENCODERS:
         raise CheckpointError("the checkpoint holds a VAE, not an autoencoder; use a run of "
                               "scripts/train_baselines.py")
-    options = {k: state["config"][k] for k in AUTOENCODER_OPTIONS if k in state["config"]}
+    options = _options(state["config"], AUTOENCODER_OPTIONS)
     return _load_strictly(build_autoencoder(image_shape, **options), state, options)

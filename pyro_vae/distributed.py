@@ -122,7 +122,7 @@ def rank_seed(seed, rank):
 
 
 def _status(error):
-    from .train import NonFiniteLossError
+    from .train import NonFiniteLossError, set_learning_rate
 
     if error is None:
         return _OK
@@ -534,7 +534,7 @@ def _pyro_nan_warnings_off():
 
 def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs,
                batch_size, binarize, generator, start_epoch, on_epoch, progress, columns=None,
-               check_every=None):
+               check_every=None, lr_at=None):
     """:func:`pyro_vae.train._run_epochs` for several ranks, or for a GPU: the same rows, the
     same ``batch_loss(xb, epoch, first)`` and ``test_loss(x)`` (mean per image over ``x``).
 
@@ -546,7 +546,7 @@ def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
     read is a sync, found on the device then read) and at each epoch's end; the ranks agree at
     each check. The test loss is computed on each rank's share of ``x_test`` and summed.
     """
-    from .train import NonFiniteLossError
+    from .train import NonFiniteLossError, set_learning_rate
 
     device = x_train.device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
@@ -589,6 +589,7 @@ def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
                 (loss * (world.size / global_size)).backward()
+                set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
                 optimizer.step()
                 total += loss.detach()
                 seen += xb.shape[0]

@@ -27,6 +27,7 @@ __all__ = [
     "fit",
     "fit_autoencoder",
     "kl_schedule",
+    "lr_schedule",
     "make_elbo",
 ]
 
@@ -74,14 +75,38 @@ def kl_schedule(beta=1.0, warmup_epochs=0):
     return lambda epoch: beta * min(1.0, epoch / warmup_epochs)
 
 
+def lr_schedule(lr, cooldown=0.0):
+    """The learning rate at the fraction ``t`` in [0, 1) of a run's steps: ``lr`` until
+    ``1 - cooldown``, then falling linearly to 0 at the last step (the stable-then-decay end of
+    warmup-stable-decay schedules); ``cooldown=0`` keeps ``lr`` throughout.
+
+    A function of the step alone, so a resumed run steps exactly as an uninterrupted one; a
+    run resumed with more ``--epochs`` stretches its schedule to the new length.
+    """
+    if cooldown <= 0:
+        return lambda t: lr
+    return lambda t: lr * min(1.0, (1.0 - t) / cooldown)
+
+
+def set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs):
+    """Set every group's learning rate to ``lr_at(t)``, t the fraction of the run's steps done
+    before step ``step`` (1-based) of epoch ``epoch`` (1-based); no-op when ``lr_at`` is None."""
+    if lr_at is None:
+        return
+    lr = lr_at(((epoch - 1) * steps_per_epoch + step - 1) / (epochs * steps_per_epoch))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, batch_size,
                 binarize, generator, start_epoch, on_epoch, progress, columns=None, world=None,
-                x_test=None):
+                x_test=None, lr_at=None):
     """The loop shared by :func:`fit` and :func:`fit_autoencoder`.
 
     ``batch_loss(xb, epoch, first)`` returns the loss summed over the batch (``first``: the first
     step of this call); ``test_loss()`` the mean test loss per image (``test_loss(x)``: over
-    ``x``); ``columns(epoch)`` extra columns for the epoch's row. With a ``world`` of several
+    ``x``); ``columns(epoch)`` extra columns for the epoch's row; ``lr_at(t)`` the learning rate
+    at the fraction t of the run's steps (:func:`lr_schedule`). With a ``world`` of several
     processes, or data on a GPU, :func:`pyro_vae.distributed.run_epochs` runs the epochs.
     """
     if world is not None and (world.size > 1 or x_train.device.type != "cpu"):
@@ -90,7 +115,7 @@ def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, ba
         return run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
                           epochs=epochs, batch_size=batch_size, binarize=binarize,
                           generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
-                          progress=progress, columns=columns)
+                          progress=progress, columns=columns, lr_at=lr_at)
     history = []
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -110,6 +135,7 @@ def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, ba
                 raise NonFiniteLossError(epoch, step, value)
             optimizer.zero_grad(set_to_none=True)
             (loss / xb.shape[0]).backward()
+            set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
             optimizer.step()
             total += value
             seen += xb.shape[0]
@@ -128,7 +154,7 @@ def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, ba
 
 
 def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
-        start_epoch=0, on_epoch=None, progress=True, kl_weight=None, world=None):
+        start_epoch=0, on_epoch=None, progress=True, kl_weight=None, world=None, lr_at=None):
     """Train ``vae`` with ``loss`` (a Pyro ELBO) for epochs ``start_epoch + 1 .. epochs``.
 
     Each epoch draws a permutation (and, with ``binarize="dynamic"``, fresh binary pixels) from
@@ -139,7 +165,8 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
 
     ``kl_weight(epoch)``, if given, is passed as ``kl_scale`` to model and guide in the epoch's
     training steps (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the
-    true -ELBO.
+    true -ELBO. ``lr_at(t)``, if given, sets the learning rate at each step, t the fraction of
+    the run's steps done (see :func:`lr_schedule`); otherwise the optimizer's stays.
 
     Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it
     (on a GPU, up to :data:`~pyro_vae.distributed.CUDA_CHECK_EVERY` steps after).
@@ -162,7 +189,7 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
                        x_train, epochs=epochs, batch_size=batch_size, binarize=binarize,
                        generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
                        progress=progress, columns=lambda epoch: {"kl_weight": kl_weight(epoch)},
-                       world=world, x_test=x_test)
+                       world=world, x_test=x_test, lr_at=lr_at)
 
 
 # The DAE's test loss uses noise from this seed, the same pixels every epoch and every run.
@@ -181,12 +208,13 @@ def evaluate_autoencoder(ae, x, batch_size=1000):
 
 
 def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
-                    start_epoch=0, on_epoch=None, progress=True, world=None):
+                    start_epoch=0, on_epoch=None, progress=True, world=None, lr_at=None):
     """Train an :class:`~pyro_vae.autoencoders.Autoencoder` (or DAE) by minibatch gradient
     descent on its reconstruction loss, with the batches, rows and errors of :func:`fit`;
-    a DAE's noise is drawn from ``generator`` for every batch; ``world`` as for :func:`fit`."""
+    a DAE's noise is drawn from ``generator`` for every batch; ``world`` and ``lr_at`` as for
+    :func:`fit`."""
     return _run_epochs(
         ae, optimizer, lambda xb, epoch, first: ae.training_loss(xb, generator),
         lambda x=x_test: evaluate_autoencoder(ae, x), x_train, epochs=epochs,
         batch_size=batch_size, binarize=binarize, generator=generator, start_epoch=start_epoch,
-        on_epoch=on_epoch, progress=progress, world=world, x_test=x_test)
+        on_epoch=on_epoch, progress=progress, world=world, x_test=x_test, lr_at=lr_at)

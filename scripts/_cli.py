@@ -24,6 +24,7 @@ import matplotlib
 import pyro
 
 from pyro_vae import distributed
+from pyro_vae.build import EARLIER_OPTIONS
 from pyro_vae.checkpoint import check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
@@ -99,6 +100,9 @@ def add_training_args(g, d):
                    help="passes over the training set; with --resume, the new total (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--lr-cooldown", type=float, default=d.lr_cooldown,
+                   help="fraction of the run's last steps over which the learning rate falls "
+                   "linearly to 0; 0 keeps it constant (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
 
@@ -152,6 +156,8 @@ def check_common(cfg):
     lookup(ACTIVATIONS, "--activation", cfg.activation)
     check_positive(cfg, ("epochs", "batch_size", "latent_dim", "hidden_dim", "depth"))
     check_positive_finite(cfg, ("lr",))
+    if not (isinstance(cfg.lr_cooldown, (int, float)) and 0 <= cfg.lr_cooldown <= 1):
+        raise ConfigError(f"--lr-cooldown must be a fraction in [0, 1], got {cfg.lr_cooldown}")
     check_seed(cfg.seed)
 
 
@@ -210,6 +216,8 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
         saved, where = dict(state["config"]), f"{last}: its config"
     else:  # stopped before its first epoch: start it again from its config
         state, saved, where = None, _read_config(config_path), config_path
+    # a run from before an option existed was trained without it: resume it as it was
+    saved = {**EARLIER_OPTIONS, "lr_cooldown": 0.0, **saved}
     kind = saved.get("model", "vae")
     if kind not in model:
         raise CheckpointError(f"{run_dir} holds a run of {kind!r}; resume it with the script "

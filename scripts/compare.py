@@ -28,7 +28,7 @@ from _cli import (
     run_main, save_figures,
 )
 from pyro_vae.autoencoders import fit_code_distribution
-from pyro_vae.build import autoencoder_from_checkpoint, vae_from_checkpoint
+from pyro_vae.build import EARLIER_OPTIONS, autoencoder_from_checkpoint, vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.classifier import score_samples, train_classifier
 from pyro_vae.data import load_dataset
@@ -53,7 +53,8 @@ MODELS = tuple(METHODS)
 NOISE_LEVELS = {"gaussian": (0.25, 0.5, 0.75), "salt-pepper": (0.1, 0.2, 0.4),
                 "mask": (0.25, 0.5, 0.75)}
 # settings a loaded run must share with the others for the comparison to be fair
-SHARED = ("dataset", "binarize", "arch", "latent_dim", "hidden_dim", "likelihood")
+SHARED = ("dataset", "binarize", "arch", "latent_dim", "hidden_dim", "depth", "activation",
+          "likelihood")
 FIGURES = ("reconstructions.png", "denoising_psnr.png", "denoising.png", "samples.png",
            "interpolations.png")
 REPORT_FILES = ("report.md", "comparison.json", *FIGURES)
@@ -74,12 +75,15 @@ class Config:
     arch: str = "mlp"
     latent_dim: int = 50
     hidden_dim: int = 400
+    depth: int = 1
+    activation: str = "silu"
     likelihood: str = "bernoulli"  # p(x|z) of all three: the VAE's, and the AEs' loss
     noise: str = "gaussian"  # the DAE's training noise, when trained here
     noise_level: float = 0.5
     epochs: int = 100  # for each model trained here
     batch_size: int = 100
-    lr: float = 1e-3
+    lr: float = 5e-3
+    lr_cooldown: float = 0.2
     seed: int = 0
     device: str = "auto"
     classifier_epochs: int = 10  # epochs of the digit classifier that scores generated images
@@ -147,7 +151,8 @@ def load_given_runs(cfg):
             raise RunError(f"--{m} {folder} holds a run of model {kind!r}, not {m!r}; pass the "
                            "run directory of each model to its own flag")
     for key in SHARED:
-        values = {m: states[m]["config"][key] if m in states else getattr(cfg, key)
+        values = {m: states[m]["config"].get(key, EARLIER_OPTIONS.get(key)) if m in states
+                  else getattr(cfg, key)
                   for m in MODELS}
         if len(set(map(str, values.values()))) > 1:
             listed = ", ".join(f"{m} {v}" for m, v in values.items())

@@ -36,7 +36,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.runs import RUN_FILES, write_json
-from pyro_vae.train import NonFiniteLossError, fit_autoencoder
+from pyro_vae.train import NonFiniteLossError, fit_autoencoder, lr_schedule
 
 PROG = "train_baselines.py"
 FIGURES = ("loss_curves.png", "reconstructions.png", "random_samples.png", "latent_space.png")
@@ -54,14 +54,15 @@ class Config:
     latent_dim: int = 50  # size of the code z
     hidden_dim: int = 400  # width of the hidden layer(s)
     depth: int = 1  # hidden layers in each of encoder and decoder
-    activation: str = "relu"  # from pyro_vae.nets.ACTIVATIONS
+    activation: str = "silu"  # from pyro_vae.nets.ACTIVATIONS
     likelihood: str = "auto"  # p(x|z) of the decoder, from LIKELIHOODS; auto: bernoulli for
     # binarized data, gaussian (fixed sigma 0.1: squared error, scaled) for grey levels
     noise: str = "gaussian"  # the DAE's corruption, from pyro_vae.noise.NOISES
     noise_level: float = 0.5  # sigma for gaussian, p for salt-pepper and mask
     epochs: int = 100  # passes over the training set
     batch_size: int = 100  # images per step
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 5e-3  # Adam learning rate
+    lr_cooldown: float = 0.2  # fraction of the last steps over which the rate falls to 0
     seed: int = 0  # seeds torch and the minibatch/noise stream
     device: str = "auto"  # auto | cpu | cuda
     out: str = ""  # the run directory; empty: runs/<model>
@@ -182,7 +183,7 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
         fit_autoencoder(ae, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
                         start_epoch=start_epoch, on_epoch=recorder, progress=progress,
-                        world=world)
+                        world=world, lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
     except KeyboardInterrupt:
         raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
                                       cfg.out) from None

@@ -35,7 +35,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import RUN_FILES, write_json
-from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, make_elbo
+from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, lr_schedule, make_elbo
 
 PROG = "train_svi.py"
 FIGURES = ("elbo_curves.png", "reconstructions.png", "prior_samples.png", "latent_space.png")
@@ -51,7 +51,7 @@ class Config:
     latent_dim: int = 50  # size of z
     hidden_dim: int = 400  # width of the hidden layer(s)
     depth: int = 1  # hidden layers in each of encoder and decoder
-    activation: str = "relu"  # from pyro_vae.nets.ACTIVATIONS
+    activation: str = "silu"  # from pyro_vae.nets.ACTIVATIONS
     stochastic_layers: int = 1  # 1: VAE; 2: z2 -> z1 -> x (pyro_vae.hierarchical.TwoLayerVAE)
     prior: str = "normal"  # p(z), from pyro_vae.priors.PRIORS
     likelihood: str = "bernoulli"  # p(x|z), from pyro_vae.likelihoods.LIKELIHOODS
@@ -62,7 +62,8 @@ class Config:
     kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to beta
     epochs: int = 100  # passes over the training set
     batch_size: int = 100  # images per SVI step
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 5e-3  # Adam learning rate
+    lr_cooldown: float = 0.2  # fraction of the last steps over which the rate falls to 0
     seed: int = 0  # seeds Pyro/torch and the minibatch stream
     device: str = "auto"  # auto | cpu | cuda
     out: str = "runs/svi"  # the run directory
@@ -166,7 +167,8 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
         fit(vae, loss, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
             batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
             start_epoch=start_epoch, on_epoch=recorder, progress=progress,
-            kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup), world=world)
+            kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup), world=world,
+            lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
     except KeyboardInterrupt:
         raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
                                       cfg.out) from None

@@ -207,8 +207,9 @@ def test_cuda_training_reads_the_loss_on_the_host_only_at_its_checks():
 
 # --- script level: torchrun ---------------------------------------------------------------------
 
+# a constant learning rate: a run stopped by a shorter --epochs then resumed steps as one
 TINY = ["--epochs", "2", "--batch-size", "8", "--latent-dim", "2", "--hidden-dim", "8",
-        "--quiet", "--device", "cpu"]
+        "--quiet", "--device", "cpu", "--lr-cooldown", "0"]
 SVI_EVAL = ["--eval-samples", "5", "--eval-images", "7"]
 SVI_OUTPUTS = {"config.json", "metrics.csv", "metrics.json", "summary.json",
                "checkpoint_last.pt", "checkpoint_best.pt", "elbo_curves.png",

@@ -458,7 +458,8 @@ def _losses(folder):
 
 
 def test_dae_resume_gives_the_losses_of_an_uninterrupted_run(capsys, tmp_path):
-    common = [*TINY, "--model", "dae", "--noise", "salt-pepper", "--data-root", tmp_path / "d"]
+    common = [*TINY, "--model", "dae", "--noise", "salt-pepper", "--data-root", tmp_path / "d",
+              "--lr-cooldown", "0"]  # constant: the stop is a shorter --epochs
     assert call("train_baselines", *common, "--epochs", "3", "--out", tmp_path / "straight") == 0
     assert call("train_baselines", *common, "--epochs", "1", "--out", tmp_path / "stopped") == 0
     assert call("train_baselines", "--resume", tmp_path / "stopped", "--epochs", "3", "--quiet",
@@ -490,3 +491,45 @@ def test_cross_entropy_on_grey_levels_is_refused_by_the_baselines(capsys, tmp_pa
     assert call("train_baselines", *TINY, "--dataset", path, "--binarize", "none",
                 "--out", tmp_path / "r") == 0
     assert json.loads((tmp_path / "r" / "config.json").read_text())["likelihood"] == "gaussian"
+
+
+def test_a_run_interrupted_mid_cooldown_resumes_exactly(capsys, monkeypatch, tmp_path):
+    # the learning rate is a function of the step and the run's --epochs, so a run stopped by
+    # Ctrl-C after epoch 2 of 3 and resumed steps exactly as one never stopped
+    from pyro_vae.runs import Recorder
+
+    common = [*TINY_SVI, "--epochs", "3", "--lr-cooldown", "0.5", "--data-root", tmp_path / "d"]
+    assert call("train_svi", *common, "--out", tmp_path / "straight") == 0
+    record = Recorder.__call__
+
+    def stop_after_epoch_2(self, row):
+        record(self, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Recorder, "__call__", stop_after_epoch_2)
+    assert call("train_svi", *common, "--out", tmp_path / "stopped") == 130
+    monkeypatch.undo()
+    assert call("train_svi", "--resume", tmp_path / "stopped", "--quiet", "--no-download",
+                "--data-root", tmp_path / "d") == 0
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "stopped")
+    assert len(_losses(tmp_path / "straight")) == 3
+
+
+def test_a_run_from_before_the_recipe_options_resumes_as_it_was_trained(capsys, tmp_path):
+    # runs made before --depth, --activation, --stochastic-layers and --lr-cooldown existed were
+    # one-layer ReLU VAEs at a constant learning rate: resumed, they stay so
+    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    assert call("train_svi", *TINY_SVI, "--activation", "relu", "--lr-cooldown", "0",
+                "--data-root", tmp_path / "d", "--out", out) == 0
+    state = load_checkpoint(str(out / "checkpoint_last.pt"), resume=True)
+    for key in ("depth", "activation", "stochastic_layers", "lr_cooldown"):
+        del state["config"][key]
+    save_checkpoint(state, str(out / "checkpoint_last.pt"))
+    assert call("train_svi", "--resume", out, "--epochs", "2", "--quiet", "--no-download",
+                "--data-root", tmp_path / "d") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["activation"], config["depth"], config["lr_cooldown"]) == ("relu", 1, 0.0)
+    assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())] == [1, 2]

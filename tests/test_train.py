@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from pyro_vae.build import build_vae
-from pyro_vae.train import NonFiniteLossError, evaluate_loss, fit, make_elbo
+from pyro_vae.train import NonFiniteLossError, evaluate_loss, fit, lr_schedule, make_elbo
+
+from conftest import tiny_images
 
 
 def small_vae(arch="mlp"):
@@ -48,3 +50,28 @@ def test_non_finite_loss_stops_before_the_step(mnist_offline):
 def test_unknown_elbo_lists_the_valid_ones():
     with pytest.raises(ValueError, match="trace, meanfield, iwae"):
         make_elbo("renyi")
+
+
+def test_lr_schedule_holds_then_falls_linearly_to_zero():
+    at = lr_schedule(0.01, cooldown=0.25)
+    assert [at(t) for t in (0.0, 0.5, 0.75)] == [0.01, 0.01, 0.01]
+    assert at(0.875) == pytest.approx(0.005) and at(1.0) == 0.0
+    assert {lr_schedule(0.01)(t) for t in (0.0, 0.9, 1.0)} == {0.01}
+
+
+def test_fit_sets_the_learning_rate_of_every_step_from_the_schedule():
+    # 4 steps an epoch x 2 epochs, cooldown half the run: steps 5..8 use 1, 3/4, 1/2, 1/4 of lr
+    vae, x = small_vae(), tiny_images(32)
+    opt = torch.optim.SGD(vae.parameters(), lr=123.0)  # overwritten before every step
+    seen = []
+    step = opt.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(opt.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    opt.step = recording_step
+    fit(vae, make_elbo("trace"), opt, x, x[:4], epochs=2, batch_size=8, binarize="none",
+        generator=torch.Generator().manual_seed(0), progress=False,
+        lr_at=lr_schedule(1e-3, cooldown=0.5))
+    assert seen == pytest.approx([1e-3] * 5 + [7.5e-4, 5e-4, 2.5e-4])
