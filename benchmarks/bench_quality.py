@@ -157,7 +157,8 @@ def main(argv=None):
         p.error(f"--peers must include pyro-example and name only {', '.join(PEERS)}")
     for name in ("train_images", "epochs", "batch_size", "eval_samples", "eval_images"):
         if getattr(args, name) < (0 if name == "train_images" else 1):
-            p.error(f"--{name.replace('_', '-')} must be positive")
+            p.error(f"--{name.replace('_', '-')} must be " + (
+                "0 (all) or positive" if name == "train_images" else "positive"))
 
     data = load_dataset(args.dataset, args.data_root, download=args.download, binarize="dynamic")
     with tempfile.TemporaryDirectory() as folder:

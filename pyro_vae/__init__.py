@@ -38,7 +38,7 @@ from .likelihoods import (
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from .nets import NETS, ConvDecoderNet, ConvEncoderNet, MLPDecoderNet, MLPEncoderNet
+from .nets import ACTIVATIONS, NETS, ConvDecoderNet, ConvEncoderNet, MLPDecoderNet, MLPEncoderNet, mlp
 from .noise import NOISES, GaussianNoise, MaskingNoise, SaltAndPepperNoise, make_noise, psnr
 from .objectives import IWAE
 from .priors import (
@@ -58,11 +58,13 @@ from .train import (
     lr_schedule,
     make_elbo,
 )
+from .hierarchical import TwoLayerVAE
 from .vae import VAE
 
 __all__ = [
     # the model
     "VAE",
+    "TwoLayerVAE",
     "build_vae",
     "vae_from_checkpoint",
     # the baselines, on the same nets
@@ -95,6 +97,8 @@ __all__ = [
     "FullCovarianceEncoder",
     "FlowEncoder",
     "NETS",
+    "ACTIVATIONS",
+    "mlp",
     "MLPEncoderNet",
     "MLPDecoderNet",
     "ConvEncoderNet",

@@ -20,7 +20,7 @@ import pyro
 import torch
 from torch import nn
 
-from .vae import _scaled
+from .vae import _scaled, mean_of
 
 __all__ = ["TwoLayerVAE"]
 
@@ -66,8 +66,9 @@ class TwoLayerVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x, num_samples=100):
-        """E_q[z2 | z1 = E_q[z1 | x]], shape ``(N, latent_dim)``: the top code, layer by layer."""
-        return self.upper_encoder(self.encoder(x).mean).mean
+        """E_q[z2 | z1 = E_q[z1 | x]], shape ``(N, latent_dim)``: the top code, layer by layer
+        (a mean without closed form, e.g. a flow's, averages ``num_samples`` draws)."""
+        return self.upper_encoder(mean_of(self.encoder(x), num_samples)).mean
 
     @torch.no_grad()
     def decode(self, z2):
@@ -75,9 +76,9 @@ class TwoLayerVAE(nn.Module):
         return self.likelihood(self.transition(z2).mean).mean
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x, num_samples=100):
         """E_p[x | z1 = E_q[z1 | x]]: the bottom layer reconstructs, as in a one-layer VAE."""
-        return self.likelihood(self.encoder(x).mean).mean
+        return self.likelihood(mean_of(self.encoder(x), num_samples)).mean
 
     @torch.no_grad()
     def generate(self, num_samples):

@@ -31,13 +31,15 @@ ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU,
                "softplus": nn.Softplus, "tanh": nn.Tanh}
 
 
-def mlp(in_dim, hidden_dim, out_dim, depth=1, activation="relu"):
+def mlp(in_dim, hidden_dim, out_dim, depth=1, activation="silu"):
     """``Linear(in, hidden) -> act -> ... (depth hidden layers) -> Linear(hidden, out)``.
 
     At ``depth=1`` the layers are ``net.0`` and ``net.2``, the layout of every earlier run's
     checkpoint, which therefore still loads.
     """
     act = lookup(ACTIVATIONS, "activation", activation)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"depth must be a positive number of hidden layers, got {depth!r}")
     dims = [in_dim] + [hidden_dim] * depth
     layers = []
     for a, b in zip(dims[:-1], dims[1:]):
@@ -49,7 +51,7 @@ class MLPEncoderNet(nn.Module):
     """``x -> flatten -> Linear(D, hidden) -> act -> ... -> Linear(hidden, out_dim)``, ``depth``
     hidden layers."""
 
-    def __init__(self, image_shape, hidden_dim, out_dim, depth=1, activation="relu"):
+    def __init__(self, image_shape, hidden_dim, out_dim, depth=1, activation="silu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.net = mlp(math.prod(self.image_shape), hidden_dim, out_dim, depth, activation)
@@ -63,7 +65,7 @@ class MLPDecoderNet(nn.Module):
     """``z -> Linear(latent, hidden) -> act -> ... -> Linear(hidden, D) -> reshape to the
     image``, ``depth`` hidden layers."""
 
-    def __init__(self, latent_dim, hidden_dim, image_shape, depth=1, activation="relu"):
+    def __init__(self, latent_dim, hidden_dim, image_shape, depth=1, activation="silu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.net = mlp(latent_dim, hidden_dim, math.prod(self.image_shape), depth, activation)
@@ -89,7 +91,7 @@ class ConvEncoderNet(nn.Module):
     28x28 -> 14x14 -> 7x7; the image sides must be multiples of 4.
     """
 
-    def __init__(self, image_shape, hidden_dim, out_dim, depth=1, activation="relu"):
+    def __init__(self, image_shape, hidden_dim, out_dim, depth=1, activation="silu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         _check_conv_shape(self.image_shape)
@@ -115,7 +117,7 @@ class ConvDecoderNet(nn.Module):
     layer to 64 maps of a quarter of the image's sides, then two 4x4 stride-2 transposed
     convolutions (64 -> 32 -> C channels)."""
 
-    def __init__(self, latent_dim, hidden_dim, image_shape, depth=1, activation="relu"):
+    def __init__(self, latent_dim, hidden_dim, image_shape, depth=1, activation="silu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         _check_conv_shape(self.image_shape)

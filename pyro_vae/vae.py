@@ -22,7 +22,16 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "mean_of"]
+
+
+def mean_of(d, num_samples=100):
+    """The mean of the distribution ``d``, or the average of ``num_samples`` draws where it has
+    no closed form (e.g. a flow)."""
+    try:
+        return d.mean
+    except NotImplementedError:
+        return d.sample((num_samples,)).mean(0)
 
 
 def _scaled(kl_scale):
@@ -66,11 +75,7 @@ class VAE(nn.Module):
     def encode(self, x, num_samples=100):
         """The posterior mean E_q[z | x], shape ``(N, latent_dim)``; a Monte-Carlo average of
         ``num_samples`` draws where q has no closed-form mean (e.g. a flow)."""
-        q = self.encoder(x)
-        try:
-            return q.mean
-        except NotImplementedError:
-            return q.sample((num_samples,)).mean(0)
+        return mean_of(self.encoder(x), num_samples)
 
     @torch.no_grad()
     def decode(self, z):

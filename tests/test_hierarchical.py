@@ -113,3 +113,12 @@ def test_the_vamp_prior_and_three_layers_are_refused():
         build_vae((1, 28, 28), latent_dim=3, hidden_dim=16, prior="vamp", stochastic_layers=2)
     with pytest.raises(ConfigError, match="1 or 2"):
         build_vae((1, 28, 28), latent_dim=3, hidden_dim=16, stochastic_layers=3)
+
+
+def test_the_views_work_under_a_flow_posterior_without_a_closed_form_mean():
+    vae = build_vae((1, 28, 28), latent_dim=3, hidden_dim=16, posterior="flow",
+                    stochastic_layers=2)
+    x = tiny_images(4)
+    assert vae.encode(x).shape == (4, 3) and vae.reconstruct(x).shape == (4, 1, 28, 28)
+    with pytest.raises(ConfigError, match="depth must be a positive"):
+        build_vae((1, 28, 28), latent_dim=3, hidden_dim=16, depth=0, stochastic_layers=2)
