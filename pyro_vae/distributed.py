@@ -8,15 +8,22 @@ gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
   whose parameters are the model's (Pyro's ``svi_lightning.py`` pattern, ``Trace_ELBO()(model,
   guide)``; our VAE holds plain ``nn.Parameter`` s, no ``pyro.param``), wrapped in DDP. DDP copies
   rank 0's weights at the start and averages the gradients of the ranks in the backward pass.
-- **The batches.** One permutation per epoch, drawn from a generator seeded alike on every rank
-  (``World.order``); each global batch of B images is split into N contiguous shares of
-  ``B // N`` or ``B // N + 1`` images, rank r taking share r, so that N processes see the batches
-  one process would (no ``pyro.plate`` subsampling: every rank would draw the same subsample).
+- **The batches.** One permutation per epoch, drawn from a generator seeded with the run's seed
+  alike on every rank (``World.order``), which draws nothing else; each global batch of B images
+  is split into N contiguous shares of ``B // N`` or ``B // N + 1`` images, rank r taking share r
+  (no ``pyro.plate`` subsampling: every rank would draw the same subsample). The global batches
+  are distributed as one process's (a uniform permutation per epoch, the same batch sizes), and
+  are the very batches (the same images) of a one-process run with the same seed in its first
+  epoch, and in every epoch when nothing else draws from the data generator. With dynamic
+  binarization or a DAE's noise they differ from epoch 2 on: one process draws its permutations
+  from the generator that also gives its binarization and noise, which the ranks draw apart.
 - **The gradient.** Each rank backpropagates its share's summed loss times N / B; DDP's average
   over ranks then gives sum_r grad(loss_r) / B, the gradient of the global batch's mean loss per
-  image, the quantity one process steps on (:mod:`pyro_vae.train`).
+  image, the quantity one process steps on (:mod:`pyro_vae.train`): given the same shares with
+  the same pixels and noise, a step's gradient is that of one process on the global batch.
 - **Noise.** Reparameterized draws (torch's global generator) and dynamic binarization or a
-  DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`.
+  DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`: the pixels and
+  the noise of a share are not those one process would draw for the same images.
 - **Writing.** Only rank 0 writes (config, metrics, checkpoints, summary, figures) and prints;
   metrics are summed over ranks; the final log p(x) estimate is sharded and gathered.
 - **Stopping together.** A rank that fails (a NaN or infinite loss, an exception, Ctrl-C or
@@ -24,8 +31,10 @@ gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
   (:meth:`World.agree`): each says whether it failed, and if one did, all stop. Agreements are
   held before every backward pass on the CPU (every :data:`CUDA_CHECK_EVERY` steps on a GPU),
   after each epoch's checkpoint, and when a rank leaves the job; signals are deferred to the next
-  agreement while training. The lowest failing rank prints the one message (rank 0 for an
-  interrupt: it saves the weights); the others exit silently (:class:`PeerStopped`) with the same
+  agreement while training, and so is an exception in a training step, the failed rank running
+  a zero loss meanwhile so that its collectives still match the others' (:func:`run_epochs`).
+  The lowest failing rank prints the one message (rank 0 for an interrupt: it saves the weights,
+  or says how to finish the run); the others exit silently (:class:`PeerStopped`) with the same
   exit code. A rank that dies outright is seen by gloo at once, and torchrun stops the rest; a
   collective that waits longer than :data:`TIMEOUT` fails.
 - **Resume.** Rank 0's checkpoint holds every rank's random state and the number of ranks; a
@@ -67,6 +76,7 @@ __all__ = [
     "DistributedRecorder",
     "PeerStopped",
     "World",
+    "close",
     "current",
     "env_rank",
     "env_world_size",
@@ -122,7 +132,7 @@ def rank_seed(seed, rank):
 
 
 def _status(error):
-    from .train import NonFiniteLossError, set_learning_rate
+    from .train import NonFiniteLossError
 
     if error is None:
         return _OK
@@ -138,16 +148,23 @@ def _status(error):
 class _LossModule(nn.Module):
     """The loss as a module, for DDP: ``forward(xb, *args)`` is ``loss(xb, *args)``, summed over
     the batch; its parameters are ``model``'s. An empty share (a last global batch smaller than
-    the number of ranks) gives 0 with a zero gradient for every parameter, as DDP requires."""
+    the number of ranks) gives 0 with a zero gradient for every parameter, as DDP requires. So
+    does a loss that raises: the exception is kept in ``error`` (for the caller to hand to the
+    next agreement), and DDP's forward completes, so that this rank's backward still meets the
+    others' in DDP's allreduce."""
 
     def __init__(self, model, loss):
         super().__init__()
         self.model, self.loss = model, loss
+        self.error = None
 
     def forward(self, xb, *args, **kwargs):
-        if xb.shape[0] == 0:
-            return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
-        return self.loss(xb, *args, **kwargs)
+        if xb.shape[0]:
+            try:
+                return self.loss(xb, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001  (kept for the next agreement)
+                self.error = e
+        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
 
 
 class World:
@@ -176,8 +193,9 @@ class World:
     def agree(self, error=None):
         """Every rank calls this at the same point; each says whether it failed (``error``,
         or a deferred interrupt). If none did, returns. Otherwise every rank stops: the lowest
-        rank that failed re-raises its ``error`` (an interrupt: rank 0 raises KeyboardInterrupt,
-        so that it saves the weights), the others raise :class:`PeerStopped`."""
+        rank that failed re-raises its ``error`` (if only interrupts: rank 0 re-raises its own
+        ``error``, or without one raises KeyboardInterrupt, so that it saves the weights), the
+        others raise :class:`PeerStopped`."""
         if not self.joined:
             if error is not None:
                 raise error
@@ -205,10 +223,10 @@ class World:
             if reporter == self.rank:
                 error._report_here = True
                 raise error
-        else:  # only interrupts: rank 0 saves the weights and says how to resume
-            reporter, code = 0, 130
-            if self.is_main:
-                interrupt = error if isinstance(error, KeyboardInterrupt) else KeyboardInterrupt()
+        else:  # only interrupts: rank 0 says how to go on, with its own error when it has one
+            reporter, code = 0, 130  # (the script's Interrupted, which says how to finish the run)
+            if self.is_main:  # else KeyboardInterrupt, so that the script saves the weights
+                interrupt = error if error is not None else KeyboardInterrupt()
                 interrupt._report_here = True
                 raise interrupt
         raise PeerStopped(code, reporter)
@@ -391,9 +409,6 @@ class DistributedRecorder(Recorder):
         self.world = world
         self._rng = None
 
-    def _local_rng(self):
-        return rng_state(self.generator)
-
     def state(self, epoch):
         state = super().state(epoch)
         if self._rng is not None:
@@ -424,7 +439,7 @@ class DistributedRecorder(Recorder):
         return epoch
 
     def __call__(self, row):
-        states = self.world.gather(self._local_rng())  # a collective: every rank
+        states = self.world.gather(rng_state(self.generator))  # a collective: every rank
         order = self.world.order.get_state()
         self._rng = {"order": order, "ranks": states}
         error = None
@@ -467,10 +482,13 @@ def start(device="auto", *, timeout=TIMEOUT):
     dev = resolve_device(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise RunError(f"{size} processes on this machine, but torch sees "
-                           f"{torch.cuda.device_count()} CUDA device(s): start at most that many "
-                           "with --nproc_per_node, or use --device cpu")
+        here, count = int(os.environ.get("LOCAL_WORLD_SIZE", size)), torch.cuda.device_count()
+        if here > count or local >= count:  # every rank of this machine raises it alike
+            error = RunError(f"{here} processes on this machine, but torch sees {count} CUDA "
+                             "device(s): start at most that many with --nproc_per_node, or use "
+                             "--device cpu")
+            error._report_here = local == 0  # one rank of the machine says it (rank 0 here)
+            raise error
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     if not dist.is_initialized():
@@ -545,12 +563,23 @@ def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
     sync, so that the optimizer never steps on it; :data:`CUDA_CHECK_EVERY` on a GPU, where a
     read is a sync, found on the device then read) and at each epoch's end; the ranks agree at
     each check. The test loss is computed on each rank's share of ``x_test`` and summed.
+
+    An exception on one rank (in the loss, the backward pass or the optimizer's step) is kept
+    until the next agreement: that rank goes on to it with its collectives matching the others'
+    (an empty share's zero loss through DDP, so that backward meets their allreduce; no optimizer
+    step), and there every rank stops. On the CPU (``check_every`` 1) the agreement follows each
+    forward, so an error in the loss stops the ranks before any backward pass; one in backward or
+    the step is told at the next step's agreement (or the epoch's last). A world of one raises at
+    once. What cannot be matched: a backward pass that fails on one rank before DDP launched all
+    its allreduces leaves the others waiting in one, until :data:`TIMEOUT`.
     """
     from .train import NonFiniteLossError, set_learning_rate
 
     device = x_train.device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
     forward = world.wrap(module, batch_loss) if world.size > 1 else batch_loss
+    loss_module = forward.module if world.size > 1 else None
+    pending = None  # this rank's failure, not yet told to the others
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
     history = []
     quiet_pyro = _pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
@@ -566,43 +595,55 @@ def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
                        total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
                        disable=not (progress and world.is_main), unit="batch")
             for step, (xb, global_size) in enumerate(bar, 1):
-                error = None
-                try:
-                    loss = forward(xb, epoch, first=not history and step == 1)  # summed, (,)
-                    if check_every == 1:
+                check = check_every == 1 or step % check_every == 0 or step == steps_per_epoch
+                loss = None
+                try:  # a failed rank runs the empty share (a zero loss) until the agreement
+                    loss = forward(xb if pending is None else xb[:0], epoch,
+                                   first=not history and step == 1)  # summed, (,)
+                    if loss_module is not None and loss_module.error is not None:
+                        pending, loss_module.error = loss_module.error, None
+                    elif pending is None and check_every == 1:
                         value = loss.item()
                         if not math.isfinite(value):
-                            error = NonFiniteLossError(epoch, step, value)
-                    else:  # remember the first bad step on the device; read it at the check
+                            pending = NonFiniteLossError(epoch, step, value)
+                    elif pending is None:  # remember the first bad step on the device
                         bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
                         first_bad = torch.where(bad, step, first_bad)
                 except Exception as e:  # noqa: BLE001  (handed to the agreement)
-                    error = e
-                if error is None and check_every > 1 and (step % check_every == 0
-                                                          or step == steps_per_epoch):
+                    if pending is None:
+                        pending = e
+                if pending is None and check_every > 1 and check:
                     bad_step = int(first_bad.item())  # the one host read of the window
                     if bad_step:
-                        error = NonFiniteLossError(epoch, bad_step, float("nan"))
-                if check_every == 1 or error is not None or step % check_every == 0 \
-                        or step == steps_per_epoch:
-                    world.agree(error)  # a world of one: raises the error, if any
-                optimizer.zero_grad(set_to_none=True)
-                # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
-                (loss * (world.size / global_size)).backward()
-                set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-                optimizer.step()
-                total += loss.detach()
-                seen += xb.shape[0]
+                        pending = NonFiniteLossError(epoch, bad_step, float("nan"))
+                # loss None: DDP's own forward failed, with nothing to backpropagate
+                if check or loss is None or (world.size == 1 and pending is not None):
+                    world.agree(pending)  # raises if any rank failed; a world of one: its error
+                try:
+                    optimizer.zero_grad(set_to_none=True)
+                    # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
+                    (loss * (world.size / global_size)).backward()
+                    if pending is None:
+                        set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
+                        optimizer.step()
+                        total += loss.detach()
+                        seen += xb.shape[0]
+                except Exception as e:  # noqa: BLE001  (handed to the next agreement)
+                    if pending is None:
+                        pending = e
+                if world.size == 1 and pending is not None:
+                    world.agree(pending)  # raises it
                 if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
                     bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
             seconds = time.perf_counter() - t0
             module.eval()
-            error, test_sum = None, 0.0
+            error, test_sum, pending = pending, 0.0, None  # the last step's, if any
             share = x_test[world.share(x_test.shape[0])]
-            try:
-                test_sum = test_loss(share) * share.shape[0] if share.shape[0] else 0.0
-            except Exception as e:  # noqa: BLE001
-                error = e
+            if error is None:
+                try:
+                    test_sum = test_loss(share) * share.shape[0] if share.shape[0] else 0.0
+                except Exception as e:  # noqa: BLE001
+                    error = e
             world.agree(error)
             train_sum, seen_all, test_sum = world.sum([total.item(), seen, test_sum])
             row = {"epoch": epoch, "train_loss": train_sum / seen_all,

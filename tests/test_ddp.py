@@ -20,6 +20,7 @@ from pyro_vae import distributed
 from pyro_vae.build import build_autoencoder, build_vae
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.distributed import World, launch, rank_seed
+from pyro_vae.errors import RunError
 from pyro_vae.train import NonFiniteLossError, fit, fit_autoencoder, make_elbo
 
 from conftest import ROOT, run_script
@@ -123,14 +124,30 @@ class _Faulty:
         return value
 
 
-def _failing(what, check_every=None):
+class _FaultyAdam(torch.optim.Adam):
+    """Adam whose ``at``-th step raises on ``rank``."""
+
+    def __init__(self, params, rank, at):
+        super().__init__(params, lr=1e-3)
+        self.rank, self.at, self.steps = rank, at, 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        if distributed.env_rank() == self.rank and self.steps == self.at:
+            raise RuntimeError("a failure in the step on one rank")
+        return super().step(closure)
+
+
+def _failing(what, check_every=None, at=3):
+    """16 images in batches of 4 (4 steps an epoch); rank 1 fails at step ``at`` of epoch 1."""
     world = distributed.start("cpu")
     vae = _vae()
     loss = make_elbo("trace")
     x = torch.bernoulli(_images(16))
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    optimizer = _FaultyAdam(vae.parameters(), 1 if what == "step" else -1, at)
     batch_loss = _Faulty(lambda xb, epoch, first: loss.differentiable_loss(vae.model, vae.guide,
-                                                                           xb), 1, 3, what)
+                                                                           xb),
+                         -1 if what == "step" else 1, at, what)
     distributed.run_epochs(world, vae, optimizer, batch_loss, lambda x: 0.0, x, x[:4], epochs=5,
                            batch_size=4, binarize="none", generator=world.generator(0, x.device),
                            start_epoch=0, on_epoch=None, progress=False,
@@ -138,17 +155,63 @@ def _failing(what, check_every=None):
     return "finished"
 
 
-@pytest.mark.parametrize("what,raised_on_1,raised_on_0", [
-    ("nan", "NonFiniteLossError", "PeerStopped"),
-    ("error", "RuntimeError", "PeerStopped"),
-    ("interrupt", "PeerStopped", "KeyboardInterrupt"),  # rank 0 saves the weights and says so
+@pytest.mark.parametrize("what,check_every,at,raised_on_1,raised_on_0", [
+    ("nan", None, 3, "NonFiniteLossError", "PeerStopped"),
+    ("error", None, 3, "RuntimeError", "PeerStopped"),
+    ("interrupt", None, 3, "PeerStopped", "KeyboardInterrupt"),  # rank 0 saves the weights
+    # the optimizer's step, told at the next step's agreement, or at the epoch's last one
+    ("step", None, 3, "RuntimeError", "PeerStopped"),
+    ("step", None, 4, "RuntimeError", "PeerStopped"),
+    # the GPU's deferred check: the failed rank runs a zero loss (backward still meets the
+    # other's allreduce) until the check of step 4
+    ("error", 2, 3, "RuntimeError", "PeerStopped"),
+    ("step", 2, 3, "RuntimeError", "PeerStopped"),
 ])
-def test_a_failure_on_one_rank_stops_both_without_hanging(what, raised_on_1, raised_on_0):
-    out = launch(_failing, 2, what, timeout=90)
+def test_a_failure_on_one_rank_stops_both_without_hanging(what, check_every, at, raised_on_1,
+                                                          raised_on_0):
+    out = launch(_failing, 2, what, check_every, at, timeout=90)
     assert out[1][:2] == ("error", raised_on_1), out
     assert out[0][:2] == ("error", raised_on_0), out
     if what == "nan":
         assert "epoch 1, step 3" in out[1][2]
+    if what == "step":
+        assert out[1][2] == "a failure in the step on one rank"
+
+
+class Interrupted(Exception):
+    """As scripts/_cli.py's: the script's own interrupt, whose message says how to go on."""
+
+
+def _interrupted_after_training():
+    with distributed.together():
+        distributed.start("cpu")
+        raise Interrupted("checkpoint_last.pt holds all 2 epochs; finish with --resume run")
+
+
+def test_an_interrupt_after_training_keeps_the_scripts_message_on_rank_0():
+    out = launch(_interrupted_after_training, 2, timeout=60)
+    assert out[0] == ("error", "Interrupted",
+                      "checkpoint_last.pt holds all 2 epochs; finish with --resume run"), out
+    assert out[1][:2] == ("error", "PeerStopped"), out
+
+
+def _more_processes_than_gpus():
+    torch.cuda.device_count = lambda: 1  # this process's torch only
+    distributed.resolve_device = lambda name: torch.device("cuda")
+    try:
+        distributed.start("cuda")
+    except RunError as e:
+        return str(e), distributed.quiet(e)
+    return "started", None
+
+
+def test_more_processes_than_gpus_is_said_once():
+    out = launch(_more_processes_than_gpus, 2, timeout=60)
+    assert [r[0] for r in out] == ["ok", "ok"], out
+    (message_0, quiet_0), (message_1, quiet_1) = out[0][1], out[1][1]
+    assert message_0 == message_1  # every rank stops, before any waits for the others
+    assert message_0.startswith("2 processes on this machine, but torch sees 1 CUDA device(s)")
+    assert (quiet_0, quiet_1) == (False, True)  # rank 0 says it, the other keeps it
 
 
 def test_gpu_style_check_finds_a_nan_at_the_next_check_with_its_step():
