@@ -76,12 +76,17 @@ def kl_schedule(beta=1.0, warmup_epochs=0):
 
 
 def lr_schedule(lr, cooldown=0.0):
-    """The learning rate at the fraction ``t`` in [0, 1) of a run's steps: ``lr`` until
-    ``1 - cooldown``, then falling linearly to 0 at the last step (the stable-then-decay end of
-    warmup-stable-decay schedules); ``cooldown=0`` keeps ``lr`` throughout.
+    """The learning rate at the fraction ``t`` in [0, 1) of a run's steps done:
 
-    A function of the step alone, so a resumed run steps exactly as an uninterrupted one; a
-    run resumed with more ``--epochs`` stretches its schedule to the new length.
+    .. math:: \mathrm{lr}(t) = \mathrm{lr} \cdot \min\big(1, (1 - t) / c\big),
+
+    constant, then falling linearly toward 0 over the last fraction ``c = cooldown`` of the
+    steps (the last of N steps takes lr / (c N)): the stable-then-decay end of warmup-stable-decay
+    schedules. ``cooldown=0`` keeps ``lr`` throughout.
+
+    A function of the step alone, so a resumed run steps exactly as an uninterrupted one. A
+    finished run resumed with more ``--epochs`` stretches its schedule to the new length: the
+    rate rises back to ``lr`` (a warm restart) and cools again at the new end.
     """
     if cooldown <= 0:
         return lambda t: lr

@@ -1,6 +1,6 @@
 """Train a VAE on MNIST-like images with Pyro's SVI and write a run directory.
 
-    python scripts/train_svi.py                       # MLP VAE on MNIST, ~2 minutes on 2 CPU cores
+    python scripts/train_svi.py                       # MLP VAE on MNIST, ~1 minute on 2 CPU cores
     python scripts/train_svi.py --arch conv --epochs 20 --out runs/conv
     python scripts/train_svi.py --resume runs/svi --epochs 150
     torchrun --standalone --nproc_per_node=4 scripts/train_svi.py   # one run over 4 processes
