@@ -91,6 +91,9 @@ NAME_ROWS = [
     ("train_baselines", ["--noise", "blur"], "unknown --noise 'blur'; choose one of: gaussian, salt-pepper, mask"),
     ("train_baselines", ["--likelihood", "poisson"], "unknown --likelihood 'poisson'; choose one of: auto, bernoulli, continuous-bernoulli,"),
     ("compare", ["--arch", "resnet"], "unknown --arch 'resnet'; choose one of: mlp, conv"),
+    ("train_svi", ["--activation", "sigmoid"], "unknown --activation 'sigmoid'; choose one of: relu, silu"),
+    ("train_baselines", ["--activation", "x"], "unknown --activation 'x'; choose one of: relu, silu"),
+    ("train_svi", ["--stochastic-layers", "2", "--prior", "vamp"], "the VampPrior is a mixture of a one-layer encoder's q(z|u)"),
 ]
 
 NUMBER_ROWS = [
@@ -107,6 +110,11 @@ NUMBER_ROWS = [
     ("train_baselines", ["--lr", "-0.1"], "--lr must be positive and finite, got -0.1"),
     ("train_baselines", ["--noise", "mask", "--noise-level", "1.5"], "--noise-level: the mask noise level (p) must be in [0, 1.0], got 1.5"),
     ("compare", ["--classifier-epochs", "0"], "--classifier-epochs must be a positive integer, got 0"),
+    ("train_svi", ["--depth", "0"], "--depth must be a positive integer, got 0"),
+    ("train_baselines", ["--depth", "-2"], "--depth must be a positive integer, got -2"),
+    ("train_svi", ["--lr-cooldown", "1.5"], "--lr-cooldown must be a fraction in [0, 1], got 1.5"),
+    ("train_baselines", ["--lr-cooldown", "nan"], "--lr-cooldown must be a fraction in [0, 1], got nan"),
+    ("train_svi", ["--stochastic-layers", "3"], "--stochastic-layers must be 1 or 2, got 3"),
 ]
 
 
