@@ -89,8 +89,8 @@ def test_quality_benchmark_trains_both_models_on_a_subset_and_ends_with_the_diff
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"difference -?\d+\.\d\d", lines[-1]), lines[-1]
     assert "300 training images, 1 epochs x batch 100" in proc.stdout
-    nll = {line.split()[0]: float(line.split()[2]) for line in lines
-           if line.split()[:1] in (["default"], ["pyro-example"], ["pythae-arch"])}
+    rows = [re.fullmatch(r"(\S+) +NLL +(-?\d+\.\d+) \+- .*", line) for line in lines]
+    nll = {row[1]: float(row[2]) for row in rows if row}
     assert set(nll) == {"default", "pyro-example", "pythae-arch"}
     # the last line is the difference of the two NLLs printed above it
     assert float(lines[-1].split()[1]) == pytest.approx(nll["pyro-example"] - nll["default"],
