@@ -21,6 +21,7 @@ from .files import atomic_write
 
 __all__ = [
     "RUN_FILES",
+    "DistributedRecorder",
     "Recorder",
     "check_out",
     "check_run_dir",
@@ -144,6 +145,9 @@ class Recorder:
     random states, history); then rewrites the metrics files, and prints one line.
     """
 
+    writes = True  # whether this process writes the run directory
+    _lacks = ""  # what else a checkpoint that does not load may lack, for the error
+
     def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):
         self.out, self.model, self.optimizer = out, model, optimizer
         self.config, self.generator, self.epochs = config, generator, epochs
@@ -155,16 +159,20 @@ class Recorder:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"], self.generator)
+            self._restore_rng(state)
             self.history = list(state["history"])
             epoch = int(state["epoch"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"the checkpoint in {self.out} does not fit the model its "
-                                  f"config describes ({first})") from None
+                                  f"config describes{self._lacks} ({first})") from None
         self.best = min((row["test_loss"] for row in self.history), default=float("inf"))
-        write_metrics(self.history, self.out)  # metrics agree with the checkpoint resumed
+        if self.writes:
+            write_metrics(self.history, self.out)  # metrics agree with the checkpoint resumed
         return epoch
+
+    def _restore_rng(self, state):
+        set_rng_state(state["rng"], self.generator)
 
     def state(self, epoch):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -199,5 +207,40 @@ class Recorder:
         """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt``; returns
         its path. ``checkpoint_last.pt`` is left at the last finished epoch, for an exact resume."""
         path = os.path.join(self.out, "checkpoint_interrupted.pt")
-        save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
+        if self.writes:
+            save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
         return path
+
+
+class DistributedRecorder(Recorder):
+    """A :class:`Recorder` for one rank of several (``world``, a
+    :class:`~pyro_vae.distributed.World`): every rank keeps the history (for its messages), rank
+    0 alone writes. A checkpoint holds ``world_size`` and, under ``rng``, the permutations'
+    generator (``order``) and every rank's own states (``ranks``), gathered after each epoch, so
+    that a resumed run continues every rank's streams exactly. A checkpoint of another number of
+    processes is refused before, by :meth:`~pyro_vae.distributed.World.check_resume`."""
+
+    def __init__(self, world, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world, self.writes = world, world.is_main
+        self._lacks = f", or lacks rank {world.rank}'s random state"
+        self._rng = None
+
+    def state(self, epoch):
+        state = super().state(epoch)
+        if self._rng is not None:
+            state["rng"] = self._rng
+        state["world_size"] = self.world.size
+        return state
+
+    def _restore_rng(self, state):
+        self.world.order.set_state(state["rng"]["order"])
+        set_rng_state(state["rng"]["ranks"][self.world.rank], self.generator)
+
+    def __call__(self, row):
+        states = self.world.gather(rng_state(self.generator))  # a collective: every rank
+        self._rng = {"order": self.world.order.get_state(), "ranks": states}
+        if not self.writes:
+            self.history.append(row)
+            self.best = min(self.best, row["test_loss"])
+        self.world.on_main(super().__call__, row)
