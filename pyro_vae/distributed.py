@@ -2,21 +2,22 @@
 
 ``torchrun --nproc_per_node=N scripts/train_svi.py ...`` starts N processes, the *ranks* of one
 job (torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
-gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
+gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). Every rank runs the one training
+loop, :func:`pyro_vae.train.run_epochs`, through its :class:`World`; a world of one (no torchrun)
+is one process, whose numbers the World leaves as they are. What a rank does:
 
 - **The loss module.** The loss of a batch, summed over its images, is the forward of a module
   whose parameters are the model's (Pyro's ``svi_lightning.py`` pattern, ``Trace_ELBO()(model,
   guide)``; our VAE holds plain ``nn.Parameter`` s, no ``pyro.param``), wrapped in DDP. DDP copies
   rank 0's weights at the start and averages the gradients of the ranks in the backward pass.
-- **The batches.** One permutation per epoch, drawn from a generator seeded with the run's seed
-  alike on every rank (``World.order``), which draws nothing else; each global batch of B images
-  is split into N contiguous shares of ``B // N`` or ``B // N + 1`` images, rank r taking share r
-  (no ``pyro.plate`` subsampling: every rank would draw the same subsample). The global batches
-  are distributed as one process's (a uniform permutation per epoch, the same batch sizes), and
-  are the very batches (the same images) of a one-process run with the same seed in its first
-  epoch, and in every epoch when nothing else draws from the data generator. With dynamic
-  binarization or a DAE's noise they differ from epoch 2 on: one process draws its permutations
-  from the generator that also gives its binarization and noise, which the ranks draw apart.
+- **The batches.** One permutation per epoch, drawn alike on every rank from a generator seeded
+  with the run's seed (``World.order``, which draws nothing else), cut into global batches of B
+  images; rank r takes share r of N contiguous shares of ``B // N`` or ``B // N + 1`` images
+  (:meth:`World.batches`; no ``pyro.plate`` subsampling: every rank would draw the same one).
+  The global batches are distributed as one process's, and are its very batches (the same
+  images, for the same seed) in the first epoch, and in every epoch when nothing else draws from
+  the data generator; with dynamic binarization or a DAE's noise they differ from epoch 2 on, as
+  one process draws its permutations from the generator of its binarization and noise.
 - **The gradient.** Each rank backpropagates its share's summed loss times N / B; DDP's average
   over ranks then gives sum_r grad(loss_r) / B, the gradient of the global batch's mean loss per
   image, the quantity one process steps on (:mod:`pyro_vae.train`): given the same shares with
@@ -25,30 +26,27 @@ gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
   DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`: the pixels and
   the noise of a share are not those one process would draw for the same images.
 - **Writing.** Only rank 0 writes (config, metrics, checkpoints, summary, figures) and prints
-  (:class:`~pyro_vae.runs.DistributedRecorder`); metrics are summed over ranks; the final log
-  p(x) estimate is sharded and gathered.
+  (:class:`~pyro_vae.runs.DistributedRecorder`); metrics are summed over ranks
+  (:meth:`World.epoch_means`); the final log p(x) estimate is sharded and gathered.
 - **Stopping together.** A rank that fails (a NaN or infinite loss, an exception, Ctrl-C or
   SIGTERM) must not leave the others waiting in a collective. Ranks meet at *agreements*
   (:meth:`World.agree`): each says whether it failed, and if one did, all stop. Agreements are
   held before every backward pass on the CPU (every :data:`CUDA_CHECK_EVERY` steps on a GPU),
   after each epoch's checkpoint, and when a rank leaves the job; signals are deferred to the next
   agreement while training, and so is an exception in a training step, the failed rank running
-  a zero loss meanwhile so that its collectives still match the others'.
-  The lowest failing rank prints the one message (rank 0 for an interrupt: it saves the weights,
-  or says how to finish the run); the others exit silently (:class:`PeerStopped`) with the same
-  exit code. A rank that dies outright is seen by gloo at once, and torchrun stops the rest; a
-  collective that waits longer than :data:`TIMEOUT` fails.
+  a zero loss meanwhile so that its collectives still match the others'. The lowest failing rank
+  prints the one message (rank 0 for an interrupt: it saves the weights, or says how to finish
+  the run); the others exit silently (:class:`PeerStopped`) with the same exit code. A rank that
+  dies outright is seen by gloo at once, and torchrun stops the rest; a collective that waits
+  longer than :data:`TIMEOUT` fails.
 - **Resume.** Rank 0's checkpoint holds every rank's random state and the number of ranks; a
   run resumes exactly under the same number, and is refused in one line under another.
 
-Every rank runs the one training loop, :func:`pyro_vae.train.run_epochs`; a :class:`World` gives
-it the shares (:meth:`World.batches`), the loss through DDP (:meth:`World.wrap`), the agreements
-and the sums over ranks (:meth:`World.epoch_means`). A world of one (no torchrun) is one process,
-which they leave as it was. On a GPU, one process or N, the loop keeps the whole dataset on the
-device and reads the loss on the host only every :data:`CUDA_CHECK_EVERY` steps (the finite
-check runs on the device, so a NaN is found up to that many steps late, after the optimizer
-stepped on it; ``checkpoint_last.pt`` is the end of the last good epoch either way).
-:func:`pyro_vae.launch.launch` starts a job's ranks from Python, without torchrun.
+On a GPU, one process or N, the loop keeps the whole dataset on the device and reads the loss on
+the host only every :data:`CUDA_CHECK_EVERY` steps (the finite check runs on the device, so a NaN
+is found up to that many steps late, after the optimizer stepped on it; ``checkpoint_last.pt`` is
+the end of the last good epoch either way). :func:`pyro_vae.launch.launch` starts a job's ranks
+from Python, without torchrun.
 """
 
 import contextlib
@@ -66,7 +64,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .data import batches as single_batches
-from .errors import CheckpointError, RunError, UserError
+from .errors import RunError, UserError
 from .runs import DistributedRecorder, Recorder, resolve_device
 
 __all__ = [
@@ -357,10 +355,11 @@ class World:
         return Estimate(**merged)
 
     def wrap(self, module, loss):
-        """The training step's forward: a function of ``loss``'s arguments that returns the loss
-        and the error it kept (None). One process: ``loss`` itself, which raises. Several: the
-        DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), made after an agreement
-        (DDP's constructor is a collective: it copies rank 0's weights to all)."""
+        """The training step's forward, a function of ``loss``'s arguments that returns ``(loss,
+        error)``. One process: ``loss`` itself, whose errors propagate (``error`` None). Several:
+        the DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), with the error it
+        kept, made after an agreement (DDP's constructor is a collective: it copies rank 0's
+        weights to all)."""
         if self.size == 1:
             return lambda *args, **kwargs: (loss(*args, **kwargs), None)
         self.agree()
@@ -400,20 +399,6 @@ class World:
         if self.size > 1 and dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-
-    # --- runs ----------------------------------------------------------------------------------
-
-    def check_resume(self, state, run_dir):
-        """Refuse to resume a checkpoint ``state`` written by another number of processes."""
-        if state is None:
-            return
-        saved = state.get("world_size", 1)
-        if saved != self.size:
-            how = (f"torchrun --nproc_per_node={saved} ..." if saved > 1
-                   else "python, not torchrun")
-            raise CheckpointError(
-                f"{run_dir} was trained by {saved} process{'es' if saved > 1 else ''}, and this "
-                f"is {self.size}: a run resumes exactly only as it ran; resume it with {how}")
 
     def recorder(self, *args, **kwargs):
         """The run's :class:`~pyro_vae.runs.Recorder`; with several ranks a

@@ -1,4 +1,5 @@
-"""Run directories: device choice, refusing to clobber a finished run, metrics, checkpoints.
+"""Run directories: device choice, refusing to clobber a finished run, metrics, checkpoints, and
+the bookkeeping of a run (:class:`Recorder`; :class:`DistributedRecorder` for one of its ranks).
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per epoch),
 ``checkpoint_last.pt`` (end of the last finished epoch: what ``--resume`` continues from) and
@@ -24,6 +25,7 @@ __all__ = [
     "DistributedRecorder",
     "Recorder",
     "check_out",
+    "check_resume",
     "check_run_dir",
     "prepare_run_dir",
     "resolve_device",
@@ -91,6 +93,19 @@ def prepare_run_dir(path, files, overwrite=False):
         raise RunError(f"cannot create {path} ({e.strerror or e}); choose another --out") from None
 
 
+def check_resume(state, run_dir, processes):
+    """Refuse to resume a checkpoint ``state`` written by another number of processes than
+    ``processes`` (a run's ``world.size``)."""
+    if state is None:
+        return
+    saved = state.get("world_size", 1)
+    if saved != processes:
+        how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "python, not torchrun"
+        raise CheckpointError(
+            f"{run_dir} was trained by {saved} process{'es' if saved > 1 else ''}, and this is "
+            f"{processes}: a run resumes exactly only as it ran; resume it with {how}")
+
+
 def _json_safe(obj):
     """``obj`` with every float that is not finite replaced by None (JSON has no inf or NaN)."""
     if isinstance(obj, float):
@@ -142,7 +157,9 @@ class Recorder:
 
     Each call appends the epoch's row to ``history``; saves, when the test loss is the lowest so
     far, ``checkpoint_best.pt``, then ``checkpoint_last.pt`` (model, optimizer, config, epoch,
-    random states, history); then rewrites the metrics files, and prints one line.
+    random states, history); then rewrites the metrics files, and prints one line. A subclass
+    may restore its own random states (``_restore_rng``) and leave the writing to another
+    process (``writes``, as :class:`DistributedRecorder`).
     """
 
     writes = True  # whether this process writes the run directory
@@ -204,8 +221,9 @@ class Recorder:
         return self.history[-1]["epoch"] if self.history else 0
 
     def save_interrupted(self):
-        """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt``; returns
-        its path. ``checkpoint_last.pt`` is left at the last finished epoch, for an exact resume."""
+        """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt`` (if this
+        process ``writes``); returns its path. ``checkpoint_last.pt`` is left at the last finished
+        epoch, for an exact resume."""
         path = os.path.join(self.out, "checkpoint_interrupted.pt")
         if self.writes:
             save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
@@ -218,7 +236,7 @@ class DistributedRecorder(Recorder):
     0 alone writes. A checkpoint holds ``world_size`` and, under ``rng``, the permutations'
     generator (``order``) and every rank's own states (``ranks``), gathered after each epoch, so
     that a resumed run continues every rank's streams exactly. A checkpoint of another number of
-    processes is refused before, by :meth:`~pyro_vae.distributed.World.check_resume`."""
+    processes is refused before, by :func:`check_resume`."""
 
     def __init__(self, world, *args, **kwargs):
         super().__init__(*args, **kwargs)
