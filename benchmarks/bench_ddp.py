@@ -23,6 +23,7 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.build import build_vae
+from pyro_vae.launch import launch
 from pyro_vae.train import fit, make_elbo
 
 
@@ -67,7 +68,7 @@ def main():
     rates = {}
     for n in range(1, max_procs + 1):
         t0 = time.perf_counter()
-        out = distributed.launch(train, n, args, args.device, timeout=3600)
+        out = launch(train, n, args, args.device, timeout=3600)
         failed = [r for r in out if r[0] != "ok"]
         if failed:
             sys.exit(f"bench_ddp.py: {n} processes failed: {failed[0][1:]}")

@@ -2,21 +2,22 @@
 
 ``torchrun --nproc_per_node=N scripts/train_svi.py ...`` starts N processes, the *ranks* of one
 job (torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
-gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
+gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). Every rank runs the one training
+loop, :func:`pyro_vae.train.run_epochs`, through its :class:`World`; a world of one (no torchrun)
+is one process, whose numbers the World leaves as they are. What a rank does:
 
 - **The loss module.** The loss of a batch, summed over its images, is the forward of a module
   whose parameters are the model's (Pyro's ``svi_lightning.py`` pattern, ``Trace_ELBO()(model,
   guide)``; our VAE holds plain ``nn.Parameter`` s, no ``pyro.param``), wrapped in DDP. DDP copies
   rank 0's weights at the start and averages the gradients of the ranks in the backward pass.
-- **The batches.** One permutation per epoch, drawn from a generator seeded with the run's seed
-  alike on every rank (``World.order``), which draws nothing else; each global batch of B images
-  is split into N contiguous shares of ``B // N`` or ``B // N + 1`` images, rank r taking share r
-  (no ``pyro.plate`` subsampling: every rank would draw the same subsample). The global batches
-  are distributed as one process's (a uniform permutation per epoch, the same batch sizes), and
-  are the very batches (the same images) of a one-process run with the same seed in its first
-  epoch, and in every epoch when nothing else draws from the data generator. With dynamic
-  binarization or a DAE's noise they differ from epoch 2 on: one process draws its permutations
-  from the generator that also gives its binarization and noise, which the ranks draw apart.
+- **The batches.** One permutation per epoch, drawn alike on every rank from a generator seeded
+  with the run's seed (``World.order``, which draws nothing else), cut into global batches of B
+  images; rank r takes share r of N contiguous shares of ``B // N`` or ``B // N + 1`` images
+  (:meth:`World.batches`; no ``pyro.plate`` subsampling: every rank would draw the same one).
+  The global batches are distributed as one process's, and are its very batches (the same
+  images, for the same seed) in the first epoch, and in every epoch when nothing else draws from
+  the data generator; with dynamic binarization or a DAE's noise they differ from epoch 2 on, as
+  one process draws its permutations from the generator of its binarization and noise.
 - **The gradient.** Each rank backpropagates its share's summed loss times N / B; DDP's average
   over ranks then gives sum_r grad(loss_r) / B, the gradient of the global batch's mean loss per
   image, the quantity one process steps on (:mod:`pyro_vae.train`): given the same shares with
@@ -24,66 +25,59 @@ gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). What a rank does:
 - **Noise.** Reparameterized draws (torch's global generator) and dynamic binarization or a
   DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`: the pixels and
   the noise of a share are not those one process would draw for the same images.
-- **Writing.** Only rank 0 writes (config, metrics, checkpoints, summary, figures) and prints;
-  metrics are summed over ranks; the final log p(x) estimate is sharded and gathered.
+- **Writing.** Only rank 0 writes (config, metrics, checkpoints, summary, figures) and prints
+  (:class:`~pyro_vae.runs.DistributedRecorder`); metrics are summed over ranks
+  (:meth:`World.epoch_means`); the final log p(x) estimate is sharded and gathered.
 - **Stopping together.** A rank that fails (a NaN or infinite loss, an exception, Ctrl-C or
   SIGTERM) must not leave the others waiting in a collective. Ranks meet at *agreements*
   (:meth:`World.agree`): each says whether it failed, and if one did, all stop. Agreements are
   held before every backward pass on the CPU (every :data:`CUDA_CHECK_EVERY` steps on a GPU),
   after each epoch's checkpoint, and when a rank leaves the job; signals are deferred to the next
   agreement while training, and so is an exception in a training step, the failed rank running
-  a zero loss meanwhile so that its collectives still match the others' (:func:`run_epochs`).
-  The lowest failing rank prints the one message (rank 0 for an interrupt: it saves the weights,
-  or says how to finish the run); the others exit silently (:class:`PeerStopped`) with the same
-  exit code. A rank that dies outright is seen by gloo at once, and torchrun stops the rest; a
-  collective that waits longer than :data:`TIMEOUT` fails.
+  a zero loss meanwhile so that its collectives still match the others'. The lowest failing rank
+  prints the one message (rank 0 for an interrupt: it saves the weights, or says how to finish
+  the run); the others exit silently (:class:`PeerStopped`) with the same exit code. A rank that
+  dies outright is seen by gloo at once, and torchrun stops the rest; a collective that waits
+  longer than :data:`TIMEOUT` fails.
 - **Resume.** Rank 0's checkpoint holds every rank's random state and the number of ranks; a
   run resumes exactly under the same number, and is refused in one line under another.
 
-A world of one (no torchrun) runs the single-process loop of :mod:`pyro_vae.train` unchanged on
-the CPU. On a GPU, one process or N, the loop here keeps the whole dataset on the device and
-reads the loss on the host only every :data:`CUDA_CHECK_EVERY` steps (the finite check runs on
-the device, so a NaN is found up to that many steps late, after the optimizer stepped on it;
-``checkpoint_last.pt`` is the end of the last good epoch either way).
+On a GPU, one process or N, the loop keeps the whole dataset on the device and reads the loss on
+the host only every :data:`CUDA_CHECK_EVERY` steps (the finite check runs on the device, so a NaN
+is found up to that many steps late, after the optimizer stepped on it; ``checkpoint_last.pt`` is
+the end of the last good epoch either way). :func:`pyro_vae.launch.launch` starts a job's ranks
+from Python, without torchrun.
 """
 
 import contextlib
 import dataclasses
 import datetime
 import io
-import math
 import os
 import signal
-import socket
 import sys
 import threading
-import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
 from .data import batches as single_batches
-from .errors import CheckpointError, RunError, UserError
-from .runs import Recorder, resolve_device, rng_state, set_rng_state, write_metrics
+from .errors import RunError, UserError
+from .runs import DistributedRecorder, Recorder, resolve_device
 
 __all__ = [
     "CUDA_CHECK_EVERY",
     "TIMEOUT",
-    "DistributedRecorder",
     "PeerStopped",
     "World",
     "close",
     "current",
     "env_rank",
     "env_world_size",
-    "launch",
     "quiet",
     "rank_seed",
-    "run_epochs",
     "start",
     "together",
 ]
@@ -237,31 +231,30 @@ class World:
         shared files (downloading a dataset)."""
         if self.size == 1:
             return fn()
-        value, error = None, None
-        if self.is_main:
-            try:
-                value = fn()
-            except BaseException as e:  # noqa: B036  (handed to the agreement)
-                error = e
-        self.agree(error)
-        if not self.is_main:
-            try:
-                with contextlib.redirect_stderr(io.StringIO()):
-                    value = fn()
-            except BaseException as e:  # noqa: B036
-                error = e
-        self.agree(error)
-        return value
+
+        def quietly():
+            with contextlib.redirect_stderr(io.StringIO()):
+                return fn()
+
+        value = self._attempt(self.is_main, fn)  # both calls on every rank: agreements
+        later = self._attempt(not self.is_main, quietly)
+        return value if self.is_main else later
 
     def on_main(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` on rank 0 only, then an agreement."""
-        error = None
-        if self.is_main:
+        self._attempt(self.is_main, fn, *args, **kwargs)
+
+    def _attempt(self, here, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` where ``here`` is true, then an agreement on its failure (every
+        rank); returns its value (None where not ``here``)."""
+        value, error = None, None
+        if here:
             try:
-                fn(*args, **kwargs)
-            except BaseException as e:  # noqa: B036
+                value = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: B036  (handed to the agreement)
                 error = e
         self.agree(error)
+        return value
 
     def finish(self):
         """The job's last collective: after it, rank 0 writes alone (summary, figures) and the
@@ -362,102 +355,57 @@ class World:
         return Estimate(**merged)
 
     def wrap(self, module, loss):
-        """The DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), after an
-        agreement (DDP's constructor is a collective: it copies rank 0's weights to all)."""
+        """The training step's forward, a function of ``loss``'s arguments that returns ``(loss,
+        error)``. One process: ``loss`` itself, whose errors propagate (``error`` None). Several:
+        the DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), with the error it
+        kept, made after an agreement (DDP's constructor is a collective: it copies rank 0's
+        weights to all)."""
+        if self.size == 1:
+            return lambda *args, **kwargs: (loss(*args, **kwargs), None)
         self.agree()
         from torch.nn.parallel import DistributedDataParallel
 
         on_gpu = self.device is not None and self.device.type == "cuda"
-        return DistributedDataParallel(_LossModule(module, loss),
-                                       device_ids=[self.local_rank] if on_gpu else None)
+        ddp = DistributedDataParallel(_LossModule(module, loss),
+                                      device_ids=[self.local_rank] if on_gpu else None)
+
+        def forward(*args, **kwargs):
+            value = ddp(*args, **kwargs)
+            error, ddp.module.error = ddp.module.error, None
+            return value, error
+
+        return forward
+
+    def epoch_means(self, error, train_sum, seen, test_loss, x):
+        """An epoch's end, on every rank: an agreement on ``error`` (this rank's failure in the
+        last steps) or on one in ``test_loss``; then the epoch's mean training loss per image
+        (``train_sum`` over ``seen`` images on each rank), mean test loss per image over ``x``,
+        and the images trained on, summed over ranks. One process on the CPU computes
+        ``test_loss(x)``; otherwise (several ranks, or a GPU) each rank sums ``test_loss`` times
+        the images over its share of ``x``, and the sum over ranks is divided by the images."""
+        whole = self.size == 1 and x.device.type == "cpu"
+        share = x if whole else x[self.share(x.shape[0])]
+        test = 0.0
+        if error is None and (whole or share.shape[0]):
+            try:
+                test = test_loss(x) if whole else test_loss(share) * share.shape[0]
+            except Exception as e:  # noqa: BLE001  (handed to the agreement)
+                error = e
+        self.agree(error)
+        train_sum, seen, test = self.sum([train_sum, seen, test])
+        return train_sum / seen, test if whole else test / x.shape[0], seen
 
     def _comm_device(self):
         if self.size > 1 and dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
-    # --- runs ----------------------------------------------------------------------------------
-
-    def check_resume(self, state, run_dir):
-        """Refuse to resume a checkpoint ``state`` written by another number of processes."""
-        if state is None:
-            return
-        saved = state.get("world_size", 1)
-        if saved != self.size:
-            how = (f"torchrun --nproc_per_node={saved} ..." if saved > 1
-                   else "python, not torchrun")
-            raise CheckpointError(
-                f"{run_dir} was trained by {saved} process{'es' if saved > 1 else ''}, and this "
-                f"is {self.size}: a run resumes exactly only as it ran; resume it with {how}")
-
     def recorder(self, *args, **kwargs):
         """The run's :class:`~pyro_vae.runs.Recorder`; with several ranks a
-        :class:`DistributedRecorder`."""
+        :class:`~pyro_vae.runs.DistributedRecorder`."""
         if self.size == 1:
             return Recorder(*args, **kwargs)
         return DistributedRecorder(self, *args, **kwargs)
-
-
-class DistributedRecorder(Recorder):
-    """A :class:`~pyro_vae.runs.Recorder` for one rank of several: every rank keeps the history
-    (for its messages), rank 0 alone writes. A checkpoint holds ``world_size`` and, under
-    ``rng``, the permutations' generator (``order``) and every rank's own states (``ranks``),
-    gathered after each epoch, so that a resumed run continues every rank's streams exactly."""
-
-    def __init__(self, world, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.world = world
-        self._rng = None
-
-    def state(self, epoch):
-        state = super().state(epoch)
-        if self._rng is not None:
-            state["rng"] = self._rng
-        state["world_size"] = self.world.size
-        return state
-
-    def resume(self, state):
-        """:meth:`Recorder.resume` with this rank's random states; rank 0 rewrites the
-        metrics. A checkpoint of another number of processes is refused."""
-        self.world.check_resume(state, self.out)
-        try:
-            mine = state["rng"]["ranks"][self.world.rank]
-            self.world.order.set_state(state["rng"]["order"])
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(mine, self.generator)
-            self.history = list(state["history"])
-            epoch = int(state["epoch"])
-        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"the checkpoint in {self.out} does not fit the model its "
-                                  f"config describes, or lacks rank {self.world.rank}'s random "
-                                  f"state ({first})") from None
-        self.best = min((row["test_loss"] for row in self.history), default=float("inf"))
-        if self.world.is_main:
-            write_metrics(self.history, self.out)
-        return epoch
-
-    def __call__(self, row):
-        states = self.world.gather(rng_state(self.generator))  # a collective: every rank
-        order = self.world.order.get_state()
-        self._rng = {"order": order, "ranks": states}
-        error = None
-        if self.world.is_main:
-            try:
-                super().__call__(row)
-            except BaseException as e:  # noqa: B036  (handed to the agreement)
-                error = e
-        else:
-            self.history.append(row)
-            self.best = min(self.best, row["test_loss"])
-        self.world.agree(error)
-
-    def save_interrupted(self):
-        path = os.path.join(self.out, "checkpoint_interrupted.pt")
-        if self.world.is_main:
-            save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
-        return path
 
 
 # The process's world, once :func:`start` made it.
@@ -526,194 +474,3 @@ def together():
         raise
     finally:
         close()
-
-
-# --- the training loop of several processes, or of a GPU ------------------------------------
-
-
-@contextlib.contextmanager
-def _pyro_nan_warnings_off():
-    """Pyro's ELBOs test the loss for NaN on the host (``warn_if_nan``): a device sync per step
-    on a GPU. The loop checks the loss itself, so on a GPU the test is left out."""
-    import pyro.infer.renyi_elbo
-    import pyro.infer.trace_elbo
-    import pyro.infer.trace_mean_field_elbo
-
-    modules = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo, pyro.infer.renyi_elbo)
-    saved = [m.warn_if_nan for m in modules]
-    for m in modules:
-        m.warn_if_nan = lambda value, *args, **kwargs: value
-    try:
-        yield
-    finally:
-        for m, f in zip(modules, saved):
-            m.warn_if_nan = f
-
-
-def run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs,
-               batch_size, binarize, generator, start_epoch, on_epoch, progress, columns=None,
-               check_every=None, lr_at=None):
-    """:func:`pyro_vae.train._run_epochs` for several ranks, or for a GPU: the same rows, the
-    same ``batch_loss(xb, epoch, first)`` and ``test_loss(x)`` (mean per image over ``x``).
-
-    Each step computes this rank's share of the global batch (:meth:`World.batches`), steps on
-    the global batch's mean loss per image (DDP averaging the ranks' gradients), and adds the
-    loss to a running sum on the device. The loss is checked for NaN or infinity every
-    ``check_every`` steps (default: every step on the CPU, where reading it costs no device
-    sync, so that the optimizer never steps on it; :data:`CUDA_CHECK_EVERY` on a GPU, where a
-    read is a sync, found on the device then read) and at each epoch's end; the ranks agree at
-    each check. The test loss is computed on each rank's share of ``x_test`` and summed.
-
-    An exception on one rank (in the loss, the backward pass or the optimizer's step) is kept
-    until the next agreement: that rank goes on to it with its collectives matching the others'
-    (an empty share's zero loss through DDP, so that backward meets their allreduce; no optimizer
-    step), and there every rank stops. On the CPU (``check_every`` 1) the agreement follows each
-    forward, so an error in the loss stops the ranks before any backward pass; one in backward or
-    the step is told at the next step's agreement (or the epoch's last). A world of one raises at
-    once. What cannot be matched: a backward pass that fails on one rank before DDP launched all
-    its allreduces leaves the others waiting in one, until :data:`TIMEOUT`.
-    """
-    from .train import NonFiniteLossError, set_learning_rate
-
-    device = x_train.device
-    check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-    forward = world.wrap(module, batch_loss) if world.size > 1 else batch_loss
-    loss_module = forward.module if world.size > 1 else None
-    pending = None  # this rank's failure, not yet told to the others
-    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
-    history = []
-    quiet_pyro = _pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
-    with world.deferring_interrupts(), quiet_pyro:
-        for epoch in range(start_epoch + 1, epochs + 1):
-            module.train()
-            extra = columns(epoch) if columns is not None else {}
-            t0 = time.perf_counter()
-            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed, this rank
-            first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
-            seen = 0
-            bar = tqdm(world.batches(x_train, batch_size, binarize=binarize, generator=generator),
-                       total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not (progress and world.is_main), unit="batch")
-            for step, (xb, global_size) in enumerate(bar, 1):
-                check = check_every == 1 or step % check_every == 0 or step == steps_per_epoch
-                loss = None
-                try:  # a failed rank runs the empty share (a zero loss) until the agreement
-                    loss = forward(xb if pending is None else xb[:0], epoch,
-                                   first=not history and step == 1)  # summed, (,)
-                    if loss_module is not None and loss_module.error is not None:
-                        pending, loss_module.error = loss_module.error, None
-                    elif pending is None and check_every == 1:
-                        value = loss.item()
-                        if not math.isfinite(value):
-                            pending = NonFiniteLossError(epoch, step, value)
-                    elif pending is None:  # remember the first bad step on the device
-                        bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
-                        first_bad = torch.where(bad, step, first_bad)
-                except Exception as e:  # noqa: BLE001  (handed to the agreement)
-                    if pending is None:
-                        pending = e
-                if pending is None and check_every > 1 and check:
-                    bad_step = int(first_bad.item())  # the one host read of the window
-                    if bad_step:
-                        pending = NonFiniteLossError(epoch, bad_step, float("nan"))
-                # loss None: DDP's own forward failed, with nothing to backpropagate
-                if check or loss is None or (world.size == 1 and pending is not None):
-                    world.agree(pending)  # raises if any rank failed; a world of one: its error
-                try:
-                    optimizer.zero_grad(set_to_none=True)
-                    # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
-                    (loss * (world.size / global_size)).backward()
-                    if pending is None:
-                        set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-                        optimizer.step()
-                        total += loss.detach()
-                        seen += xb.shape[0]
-                except Exception as e:  # noqa: BLE001  (handed to the next agreement)
-                    if pending is None:
-                        pending = e
-                if world.size == 1 and pending is not None:
-                    world.agree(pending)  # raises it
-                if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
-                    bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
-            seconds = time.perf_counter() - t0
-            module.eval()
-            error, test_sum, pending = pending, 0.0, None  # the last step's, if any
-            share = x_test[world.share(x_test.shape[0])]
-            if error is None:
-                try:
-                    test_sum = test_loss(share) * share.shape[0] if share.shape[0] else 0.0
-                except Exception as e:  # noqa: BLE001
-                    error = e
-            world.agree(error)
-            train_sum, seen_all, test_sum = world.sum([total.item(), seen, test_sum])
-            row = {"epoch": epoch, "train_loss": train_sum / seen_all,
-                   "test_loss": test_sum / x_test.shape[0], **extra, "seconds": seconds,
-                   "images_per_second": seen_all / seconds}
-            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 reports
-                world.agree(NonFiniteLossError(epoch, "test", row["test_loss"])
-                            if world.is_main else None)
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-    return history
-
-
-# --- running ranks from Python (tests, benchmarks) ------------------------------------------
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launched(rank, size, port, fn, args, queue):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        result = ("ok", fn(*args))
-    except BaseException as e:  # noqa: B036  (reported to the parent)
-        result = ("error", type(e).__name__, str(e))
-    finally:
-        close()
-    # as bytes: torch would share tensors through file descriptors that die with this process
-    buffer = io.BytesIO()
-    torch.save(result, buffer)
-    queue.put((rank, buffer.getvalue()))
-
-
-def launch(fn, size, *args, timeout=120):
-    """Run ``fn(*args)`` in ``size`` new processes, ranks 0..size-1 of one job on this machine
-    (what torchrun would set up, one torch thread each); ``fn`` must be importable (a module's
-    top-level function) and calls :func:`start` itself. Returns each rank's outcome in rank
-    order: ``("ok", value)`` or ``("error", exception class name, message)``. A process still
-    running after ``timeout`` seconds is killed and TimeoutError raised."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [ctx.Process(target=_launched, args=(r, size, port, fn, args, queue), daemon=True)
-             for r in range(size)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    results = {}
-    while len(results) < size and time.monotonic() < deadline:
-        if not queue.empty():
-            rank, data = queue.get()
-            results[rank] = torch.load(io.BytesIO(data), weights_only=False)
-        elif all(not p.is_alive() for p in procs) and queue.empty():
-            break
-        else:
-            time.sleep(0.05)
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()) if len(results) == size else 0)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    if len(results) < size:
-        missing = sorted(set(range(size)) - set(results))
-        raise TimeoutError(f"ranks {missing} did not finish within {timeout} s")
-    return [results[r] for r in range(size)]

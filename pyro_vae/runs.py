@@ -1,4 +1,5 @@
-"""Run directories: device choice, refusing to clobber a finished run, metrics, checkpoints.
+"""Run directories: device choice, refusing to clobber a finished run, metrics, checkpoints, and
+the bookkeeping of a run (:class:`Recorder`; :class:`DistributedRecorder` for one of its ranks).
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per epoch),
 ``checkpoint_last.pt`` (end of the last finished epoch: what ``--resume`` continues from) and
@@ -21,8 +22,10 @@ from .files import atomic_write
 
 __all__ = [
     "RUN_FILES",
+    "DistributedRecorder",
     "Recorder",
     "check_out",
+    "check_resume",
     "check_run_dir",
     "prepare_run_dir",
     "resolve_device",
@@ -90,6 +93,19 @@ def prepare_run_dir(path, files, overwrite=False):
         raise RunError(f"cannot create {path} ({e.strerror or e}); choose another --out") from None
 
 
+def check_resume(state, run_dir, processes):
+    """Refuse to resume a checkpoint ``state`` written by another number of processes than
+    ``processes`` (a run's ``world.size``)."""
+    if state is None:
+        return
+    saved = state.get("world_size", 1)
+    if saved != processes:
+        how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "python, not torchrun"
+        raise CheckpointError(
+            f"{run_dir} was trained by {saved} process{'es' if saved > 1 else ''}, and this is "
+            f"{processes}: a run resumes exactly only as it ran; resume it with {how}")
+
+
 def _json_safe(obj):
     """``obj`` with every float that is not finite replaced by None (JSON has no inf or NaN)."""
     if isinstance(obj, float):
@@ -141,8 +157,13 @@ class Recorder:
 
     Each call appends the epoch's row to ``history``; saves, when the test loss is the lowest so
     far, ``checkpoint_best.pt``, then ``checkpoint_last.pt`` (model, optimizer, config, epoch,
-    random states, history); then rewrites the metrics files, and prints one line.
+    random states, history); then rewrites the metrics files, and prints one line. A subclass
+    may restore its own random states (``_restore_rng``) and leave the writing to another
+    process (``writes``, as :class:`DistributedRecorder`).
     """
+
+    writes = True  # whether this process writes the run directory
+    _lacks = ""  # what else a checkpoint that does not load may lack, for the error
 
     def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):
         self.out, self.model, self.optimizer = out, model, optimizer
@@ -155,16 +176,20 @@ class Recorder:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"], self.generator)
+            self._restore_rng(state)
             self.history = list(state["history"])
             epoch = int(state["epoch"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"the checkpoint in {self.out} does not fit the model its "
-                                  f"config describes ({first})") from None
+                                  f"config describes{self._lacks} ({first})") from None
         self.best = min((row["test_loss"] for row in self.history), default=float("inf"))
-        write_metrics(self.history, self.out)  # metrics agree with the checkpoint resumed
+        if self.writes:
+            write_metrics(self.history, self.out)  # metrics agree with the checkpoint resumed
         return epoch
+
+    def _restore_rng(self, state):
+        set_rng_state(state["rng"], self.generator)
 
     def state(self, epoch):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -196,8 +221,44 @@ class Recorder:
         return self.history[-1]["epoch"] if self.history else 0
 
     def save_interrupted(self):
-        """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt``; returns
-        its path. ``checkpoint_last.pt`` is left at the last finished epoch, for an exact resume."""
+        """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt`` (if this
+        process ``writes``); returns its path. ``checkpoint_last.pt`` is left at the last finished
+        epoch, for an exact resume."""
         path = os.path.join(self.out, "checkpoint_interrupted.pt")
-        save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
+        if self.writes:
+            save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
         return path
+
+
+class DistributedRecorder(Recorder):
+    """A :class:`Recorder` for one rank of several (``world``, a
+    :class:`~pyro_vae.distributed.World`): every rank keeps the history (for its messages), rank
+    0 alone writes. A checkpoint holds ``world_size`` and, under ``rng``, the permutations'
+    generator (``order``) and every rank's own states (``ranks``), gathered after each epoch, so
+    that a resumed run continues every rank's streams exactly. A checkpoint of another number of
+    processes is refused before, by :func:`check_resume`."""
+
+    def __init__(self, world, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world, self.writes = world, world.is_main
+        self._lacks = f", or lacks rank {world.rank}'s random state"
+        self._rng = None
+
+    def state(self, epoch):
+        state = super().state(epoch)
+        if self._rng is not None:
+            state["rng"] = self._rng
+        state["world_size"] = self.world.size
+        return state
+
+    def _restore_rng(self, state):
+        self.world.order.set_state(state["rng"]["order"])
+        set_rng_state(state["rng"]["ranks"][self.world.rank], self.generator)
+
+    def __call__(self, row):
+        states = self.world.gather(rng_state(self.generator))  # a collective: every rank
+        self._rng = {"order": self.world.order.get_state(), "ranks": states}
+        if not self.writes:
+            self.history.append(row)
+            self.best = min(self.best, row["test_loss"])
+        self.world.on_main(super().__call__, row)

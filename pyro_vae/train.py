@@ -7,6 +7,7 @@ on the batch size. No ``pyro.param`` is involved: the VAE is an ``nn.Module`` an
 ``state_dict`` is the whole trained state.
 """
 
+import contextlib
 import math
 import time
 
@@ -15,7 +16,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm import tqdm
 
-from .data import batches
+from .distributed import CUDA_CHECK_EVERY, World
 from .errors import lookup
 from .objectives import IWAE
 
@@ -29,6 +30,7 @@ __all__ = [
     "kl_schedule",
     "lr_schedule",
     "make_elbo",
+    "run_epochs",
 ]
 
 # name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=).
@@ -103,58 +105,131 @@ def set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs):
         group["lr"] = lr
 
 
-def _run_epochs(module, optimizer, batch_loss, test_loss, x_train, *, epochs, batch_size,
-                binarize, generator, start_epoch, on_epoch, progress, columns=None, world=None,
-                x_test=None, lr_at=None):
-    """The loop shared by :func:`fit` and :func:`fit_autoencoder`.
+@contextlib.contextmanager
+def _pyro_nan_warnings_off():
+    """Pyro's ELBOs test the loss for NaN on the host (``warn_if_nan``): a device sync per step
+    on a GPU. The loop checks the loss itself, so on a GPU the test is left out."""
+    import pyro.infer.renyi_elbo
+    import pyro.infer.trace_elbo
+    import pyro.infer.trace_mean_field_elbo
+
+    modules = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo, pyro.infer.renyi_elbo)
+    saved = [m.warn_if_nan for m in modules]
+    for m in modules:
+        m.warn_if_nan = lambda value, *args, **kwargs: value
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            m.warn_if_nan = f
+
+
+def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs, batch_size,
+               binarize, generator, start_epoch=0, on_epoch=None, progress=True, columns=None,
+               world=None, lr_at=None, check_every=None):
+    """The loop of :func:`fit` and :func:`fit_autoencoder`: epochs ``start_epoch + 1 ..
+    epochs``, each row passed to ``on_epoch`` and returned in a list.
 
     ``batch_loss(xb, epoch, first)`` returns the loss summed over the batch (``first``: the first
-    step of this call); ``test_loss()`` the mean test loss per image (``test_loss(x)``: over
-    ``x``); ``columns(epoch)`` extra columns for the epoch's row; ``lr_at(t)`` the learning rate
-    at the fraction t of the run's steps (:func:`lr_schedule`). With a ``world`` of several
-    processes, or data on a GPU, :func:`pyro_vae.distributed.run_epochs` runs the epochs.
-    """
-    if world is not None and (world.size > 1 or x_train.device.type != "cpu"):
-        from .distributed import run_epochs
+    step of this call); ``test_loss(x)`` the mean loss per image over ``x``; ``columns(epoch)``
+    extra columns for the epoch's row; ``lr_at(t)`` the learning rate at the fraction t of the
+    run's steps (:func:`lr_schedule`).
 
-        return run_epochs(world, module, optimizer, batch_loss, test_loss, x_train, x_test,
-                          epochs=epochs, batch_size=batch_size, binarize=binarize,
-                          generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
-                          progress=progress, columns=columns, lr_at=lr_at)
-    history = []
+    Each step steps on the global batch's mean loss per image. ``world`` (a
+    :class:`~pyro_vae.distributed.World`; one process by default) gives each rank its share of
+    every global batch (:meth:`~pyro_vae.distributed.World.batches`) and its loss through DDP
+    (:meth:`~pyro_vae.distributed.World.wrap`), which the loop scales by ranks / global batch
+    so that DDP's average over ranks is that gradient, and sums the rows' numbers over ranks
+    (:meth:`~pyro_vae.distributed.World.epoch_means`). The loss is checked for NaN or infinity
+    every ``check_every`` steps (default: every step on the CPU, where reading it costs no device
+    sync, so that the optimizer never steps on it; :data:`~pyro_vae.distributed.CUDA_CHECK_EVERY`
+    on a GPU, where a read is a sync, found on the device then read) and at each epoch's end;
+    with several ranks, the ranks agree at each check (:meth:`~pyro_vae.distributed.World.agree`).
+
+    An exception on one rank (in the loss, the backward pass or the optimizer's step) is kept
+    until the next agreement: that rank goes on to it with its collectives matching the others'
+    (an empty share's zero loss through DDP, so that backward meets their allreduce; no optimizer
+    step), and there every rank stops. On the CPU (``check_every`` 1) the agreement follows each
+    forward, so an error in the loss stops the ranks before any backward pass; one in backward or
+    the step is told at the next step's agreement (or the epoch's last). One process raises at
+    once. What cannot be matched: a backward pass that fails on one rank before DDP launched all
+    its allreduces leaves the others waiting in one, until
+    :data:`~pyro_vae.distributed.TIMEOUT`.
+    """
+    world = world if world is not None else World()
+    device = x_train.device
+    check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
+    forward = world.wrap(module, batch_loss)  # returns (loss, the error it kept)
+    pending = None  # this rank's failure, not yet told to the others
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
-    for epoch in range(start_epoch + 1, epochs + 1):
-        module.train()
-        extra = columns(epoch) if columns is not None else {}
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        bar = tqdm(
-            batches(x_train, batch_size, binarize=binarize, generator=generator),
-            total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress,
-            leave=False, unit="batch",
-        )
-        for step, xb in enumerate(bar, 1):
-            loss = batch_loss(xb, epoch, first=not history and step == 1)  # summed over the batch
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch, step, value)
-            optimizer.zero_grad(set_to_none=True)
-            (loss / xb.shape[0]).backward()
-            set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-            optimizer.step()
-            total += value
-            seen += xb.shape[0]
-            if step % 10 == 0 or step == steps_per_epoch:
-                bar.set_postfix(loss=f"{total / seen:.2f}")
-        seconds = time.perf_counter() - t0
-        module.eval()
-        row = {"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss(), **extra,
-               "seconds": seconds, "images_per_second": seen / seconds}
-        if not math.isfinite(row["test_loss"]):
-            raise NonFiniteLossError(epoch, "test", row["test_loss"])
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+    history = []
+    quiet_pyro = _pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
+    with world.deferring_interrupts(), quiet_pyro:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            module.train()
+            extra = columns(epoch) if columns is not None else {}
+            t0 = time.perf_counter()
+            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed, this rank
+            first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
+            seen = 0
+            bar = tqdm(world.batches(x_train, batch_size, binarize=binarize, generator=generator),
+                       total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not (progress and world.is_main), unit="batch")
+            for step, (xb, global_size) in enumerate(bar, 1):
+                check = check_every == 1 or step % check_every == 0 or step == steps_per_epoch
+                loss = None
+                try:  # a failed rank runs the empty share (a zero loss) until the agreement
+                    loss, error = forward(xb if pending is None else xb[:0], epoch,
+                                          first=not history and step == 1)  # summed, (,)
+                    if error is not None:
+                        pending = error
+                    elif pending is None and check_every == 1:
+                        value = loss.item()
+                        if not math.isfinite(value):
+                            pending = NonFiniteLossError(epoch, step, value)
+                    elif pending is None:  # remember the first bad step on the device
+                        bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+                        first_bad = torch.where(bad, step, first_bad)
+                except Exception as e:  # noqa: BLE001  (handed to the agreement)
+                    if pending is None:
+                        pending = e
+                if pending is None and check_every > 1 and check:
+                    bad_step = int(first_bad.item())  # the one host read of the window
+                    if bad_step:
+                        pending = NonFiniteLossError(epoch, bad_step, float("nan"))
+                # loss None: DDP's own forward failed, with nothing to backpropagate
+                if check or loss is None or (world.size == 1 and pending is not None):
+                    world.agree(pending)  # raises if any rank failed; one process: its error
+                try:
+                    optimizer.zero_grad(set_to_none=True)
+                    # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
+                    (loss * (world.size / global_size)).backward()
+                    if pending is None:
+                        set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
+                        optimizer.step()
+                        total += loss.detach()
+                        seen += xb.shape[0]
+                except Exception as e:  # noqa: BLE001  (handed to the next agreement)
+                    if pending is None:
+                        pending = e
+                if world.size == 1 and pending is not None:
+                    world.agree(pending)  # raises it
+                if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
+                    bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
+            seconds = time.perf_counter() - t0
+            module.eval()
+            # the last step's failure, if any, is told here
+            train_loss, test, images = world.epoch_means(pending, total.item(), seen, test_loss,
+                                                         x_test)
+            pending = None
+            row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test, **extra,
+                   "seconds": seconds, "images_per_second": images / seconds}
+            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 reports
+                world.agree(NonFiniteLossError(epoch, "test", row["test_loss"])
+                            if world.is_main else None)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
     return history
 
 
@@ -189,12 +264,11 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
             # -ELBO_beta, summed; Pyro passes kl_scale on to model and guide
             return loss.differentiable_loss(vae.model, vae.guide, xb, kl_scale=kl_weight(epoch))
 
-    return _run_epochs(vae, optimizer, batch_loss,
-                       lambda x=x_test: evaluate_loss(vae, loss, x),
-                       x_train, epochs=epochs, batch_size=batch_size, binarize=binarize,
-                       generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
-                       progress=progress, columns=lambda epoch: {"kl_weight": kl_weight(epoch)},
-                       world=world, x_test=x_test, lr_at=lr_at)
+    return run_epochs(vae, optimizer, batch_loss, lambda x: evaluate_loss(vae, loss, x),
+                      x_train, x_test, epochs=epochs, batch_size=batch_size, binarize=binarize,
+                      generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
+                      progress=progress, columns=lambda epoch: {"kl_weight": kl_weight(epoch)},
+                      world=world, lr_at=lr_at)
 
 
 # The DAE's test loss uses noise from this seed, the same pixels every epoch and every run.
@@ -218,8 +292,8 @@ def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binar
     descent on its reconstruction loss, with the batches, rows and errors of :func:`fit`;
     a DAE's noise is drawn from ``generator`` for every batch; ``world`` and ``lr_at`` as for
     :func:`fit`."""
-    return _run_epochs(
+    return run_epochs(
         ae, optimizer, lambda xb, epoch, first: ae.training_loss(xb, generator),
-        lambda x=x_test: evaluate_autoencoder(ae, x), x_train, epochs=epochs,
+        lambda x: evaluate_autoencoder(ae, x), x_train, x_test, epochs=epochs,
         batch_size=batch_size, binarize=binarize, generator=generator, start_epoch=start_epoch,
-        on_epoch=on_epoch, progress=progress, world=world, x_test=x_test, lr_at=lr_at)
+        on_epoch=on_epoch, progress=progress, world=world, lr_at=lr_at)

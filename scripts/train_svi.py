@@ -34,7 +34,7 @@ from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import RUN_FILES, write_json
+from pyro_vae.runs import RUN_FILES, check_resume, write_json
 from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, lr_schedule, make_elbo
 
 PROG = "train_svi.py"
@@ -150,7 +150,7 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     what is wrong). Under torchrun, one run over its processes (see pyro_vae.distributed)."""
     world = distributed.start(cfg.device)
     device, data, vae = world.in_turn(lambda: prepare(cfg, resume_state is not None, overwrite))
-    world.check_resume(resume_state, cfg.out)
+    check_resume(resume_state, cfg.out, world.size)
     world.on_main(claim_run_dir, cfg, resume_state is not None, overwrite, outputs(cfg))
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)

@@ -1,6 +1,6 @@
 """One job over several processes (pyro_vae.distributed): two gloo ranks on the CPU, tiny sizes.
 
-The library-level tests start their ranks with ``distributed.launch`` (what torchrun sets up);
+The library-level tests start their ranks with ``pyro_vae.launch.launch`` (what torchrun sets up);
 the script-level ones run ``torchrun --standalone`` on a small .npz the test writes. Every launch
 has a timeout: a rank left waiting for another would fail the test, not hang it.
 """
@@ -19,9 +19,10 @@ import torch
 from pyro_vae import distributed
 from pyro_vae.build import build_autoencoder, build_vae
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.distributed import World, launch, rank_seed
+from pyro_vae.distributed import World, rank_seed
 from pyro_vae.errors import RunError
-from pyro_vae.train import NonFiniteLossError, fit, fit_autoencoder, make_elbo
+from pyro_vae.launch import launch
+from pyro_vae.train import NonFiniteLossError, fit, fit_autoencoder, make_elbo, run_epochs
 
 from conftest import ROOT, run_script
 
@@ -38,7 +39,7 @@ def _vae():
     return build_vae(SHAPE, arch="mlp", latent_dim=3, hidden_dim=16)
 
 
-# --- library level: distributed.launch ----------------------------------------------------------
+# --- library level: launch ---------------------------------------------------------------------
 
 
 def _one_step(x, batch_size, binarize):
@@ -148,10 +149,9 @@ def _failing(what, check_every=None, at=3):
     batch_loss = _Faulty(lambda xb, epoch, first: loss.differentiable_loss(vae.model, vae.guide,
                                                                            xb),
                          -1 if what == "step" else 1, at, what)
-    distributed.run_epochs(world, vae, optimizer, batch_loss, lambda x: 0.0, x, x[:4], epochs=5,
-                           batch_size=4, binarize="none", generator=world.generator(0, x.device),
-                           start_epoch=0, on_epoch=None, progress=False,
-                           check_every=check_every)
+    run_epochs(vae, optimizer, batch_loss, lambda x: 0.0, x, x[:4], epochs=5, batch_size=4,
+               binarize="none", generator=world.generator(0, x.device), progress=False,
+               world=world, check_every=check_every)
     return "finished"
 
 
@@ -236,10 +236,9 @@ def _failing_one():
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
     try:
-        distributed.run_epochs(world, vae, optimizer, batch_loss, lambda x: 0.0, x, x[:4],
-                               epochs=1, batch_size=2, binarize="none",
-                               generator=world.generator(0, x.device), start_epoch=0,
-                               on_epoch=None, progress=False, check_every=2)
+        run_epochs(vae, optimizer, batch_loss, lambda x: 0.0, x, x[:4], epochs=1, batch_size=2,
+                   binarize="none", generator=world.generator(0, x.device), progress=False,
+                   world=world, check_every=2)
     finally:
         assert len(calls) == 4  # steps 3 and 4 ran before the check read the flag
 
