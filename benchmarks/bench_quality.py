@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import train_svi  # noqa: E402  (the script's own defaults and run)
 
 from pyro_vae.data import DATASETS, batches, load_dataset  # noqa: E402
+from pyro_vae.errors import UserError  # noqa: E402
 from pyro_vae.estimators import log_likelihood  # noqa: E402
 
 
@@ -160,6 +161,14 @@ def main(argv=None):
             p.error(f"--{name.replace('_', '-')} must be " + (
                 "0 (all) or positive" if name == "train_images" else "positive"))
 
+    try:
+        compare(args, peers)
+    except UserError as e:  # a dataset that is not there, data the default cannot take, ...
+        p.exit(2, f"bench_quality.py: error: {e}\n")
+
+
+def compare(args, peers):
+    """Train the default and ``peers`` on the same data and batches; print their NLLs."""
     data = load_dataset(args.dataset, args.data_root, download=args.download, binarize="dynamic")
     with tempfile.TemporaryDirectory() as folder:
         source = args.dataset
