@@ -78,7 +78,7 @@ def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1
         return VAE(encoder, lik, prior_module)
     if prior == "vamp":
         raise ConfigError("the VampPrior is a mixture of a one-layer encoder's q(z|u); with two "
-                          "stochastic layers use --prior normal, learned, mixture or flow")
+                          "stochastic layers use --prior normal, learned-normal, mixture or flow")
     width = max(hidden_dim // 2, 1)
     upper = DiagonalNormalEncoder(mlp(z_dim, width, 2 * latent_dim, depth, activation),
                                   latent_dim)
