@@ -276,3 +276,26 @@ def test_compare_refuses_runs_of_different_sizes_or_kinds(svi_run, baseline_runs
         assert len(lines) == 1 and lines[0].startswith("compare.py: error: ")
         assert message in lines[0]
     assert not (tmp_path / "report").exists()
+
+
+def test_a_two_layer_run_resumes_and_evaluates_like_a_one_layer_one(tmp_path):
+    out, data = tmp_path / "run", tmp_path / "data"
+    common = ["--no-download", "--data-root", data]
+    assert run_script("train_svi.py", *TINY_SVI, "--data-root", data, "--out", out, "--epochs",
+                      "1", "--stochastic-layers", "2", "--kl-warmup", "2").returncode == 0
+    proc = run_script("train_svi.py", "--resume", out, "--epochs", "2", "--quiet", *common)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [(r["epoch"], r["kl_weight"]) for r in metrics] == [(1, 0.5), (2, 1.0)]
+    proc = run_script("evaluate.py", out, *common, "--samples", "30", "--images", "20",
+                      "--curve", "1,30", "--curve-images", "10", "--out", tmp_path / "eval",
+                      "--ais-images", "4", "--ais-steps", "4", "--ais-chains", "2",
+                      "--leapfrog", "2", "--bdmc-images", "2", "--gap-images", "2")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    # z2 and z1 are both summed over by every estimator
+    assert result["loglik"]["elbo_mean"] <= result["loglik"]["mean"]
+    assert len(result["ais"]["per_image"]) == 4 and list(result["bdmc"]) == ["4"]
+    assert result["inference_gap"]["num_images"] == 2
+    assert len(result["activity"]) == 4  # the top code z2
+    assert "kl_per_dimension" not in result and "no KL per dimension" in proc.stdout
