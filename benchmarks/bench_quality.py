@@ -152,8 +152,9 @@ def main(argv=None):
     p.add_argument("--peers", default="pyro-example",
                    help=f"comma-separated, from {', '.join(PEERS)} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.error = lambda message: p.exit(2, f"bench_quality.py: error: {message}\n")  # one line
     args = p.parse_args(argv)
-    peers = args.peers.split(",")
+    peers = list(dict.fromkeys(args.peers.split(",")))  # each once, in the order given
     if "pyro-example" not in peers or not set(peers) <= set(PEERS):
         p.error(f"--peers must include pyro-example and name only {', '.join(PEERS)}")
     for name in ("train_images", "epochs", "batch_size", "eval_samples", "eval_images"):

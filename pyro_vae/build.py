@@ -25,6 +25,7 @@ __all__ = [
     "autoencoder_from_checkpoint",
     "build_autoencoder",
     "build_vae",
+    "fill_earlier",
     "vae_from_checkpoint",
 ]
 
@@ -104,11 +105,22 @@ def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hid
     return Autoencoder(enc, lik)
 
 
+def fill_earlier(config, earlier=EARLIER_OPTIONS):
+    """``config`` with the options of ``earlier`` it lacks set to what runs made before they
+    existed were built with, if it lacks them all; a config with some of them but not all was
+    edited: :class:`CheckpointError` naming the first missing one."""
+    missing = [k for k in earlier if k not in config]
+    if missing and len(missing) < len(earlier):
+        raise CheckpointError(f"the run's config has no {missing[0]!r} though it has "
+                              f"{next(k for k in earlier if k in config)!r}; it was edited: "
+                              "train the run again")
+    return {**earlier, **config} if missing else dict(config)
+
+
 def _options(config, names):
-    """The builder's keyword arguments from a run's config; options the config lacks are
-    :data:`EARLIER_OPTIONS` (what runs made before them were built with)."""
-    return {k: config.get(k, EARLIER_OPTIONS.get(k)) for k in names
-            if k in config or k in EARLIER_OPTIONS}
+    """The builder's keyword arguments from a run's config (see :func:`fill_earlier`)."""
+    config = fill_earlier(config, {k: v for k, v in EARLIER_OPTIONS.items() if k in names})
+    return {k: config[k] for k in names if k in config}
 
 
 def _load_strictly(module, state, options):

@@ -24,7 +24,7 @@ import matplotlib
 import pyro
 
 from pyro_vae import distributed
-from pyro_vae.build import EARLIER_OPTIONS
+from pyro_vae.build import EARLIER_OPTIONS, fill_earlier
 from pyro_vae.checkpoint import check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
@@ -119,12 +119,22 @@ def add_output_args(p, d):
     return g
 
 
+# Ceilings on sizes, far beyond any run a machine could hold, so that an absurd value is one
+# line here, not an overflow deep inside torch.
+MAX_SIZE = 2**31 - 1
+MAX_DEPTH = 100
+
+
 def check_positive(cfg, names):
-    """Each setting of ``names`` an integer >= 1."""
+    """Each setting of ``names`` an integer in [1, MAX_SIZE] (``depth``: [1, MAX_DEPTH])."""
     for name in names:
         value = getattr(cfg, name)
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+        ceiling = MAX_DEPTH if name == "depth" else MAX_SIZE
+        if value > ceiling:
+            raise ConfigError(f"{flag} must be at most {ceiling:,}, got {value}")
 
 
 def check_positive_finite(cfg, names):
@@ -216,8 +226,10 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
         saved, where = dict(state["config"]), f"{last}: its config"
     else:  # stopped before its first epoch: start it again from its config
         state, saved, where = None, _read_config(config_path), config_path
-    # a run from before an option existed was trained without it: resume it as it was
-    saved = {**EARLIER_OPTIONS, "lr_cooldown": 0.0, **saved}
+    # a run from before the options existed was trained without them: resume it as it was
+    earlier = {k: v for k, v in {**EARLIER_OPTIONS, "lr_cooldown": 0.0}.items()
+               if k in {f.name for f in dataclasses.fields(config_cls)}}
+    saved = fill_earlier(saved, earlier)
     kind = saved.get("model", "vae")
     if kind not in model:
         raise CheckpointError(f"{run_dir} holds a run of {kind!r}; resume it with the script "

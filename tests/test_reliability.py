@@ -115,6 +115,8 @@ NUMBER_ROWS = [
     ("train_svi", ["--lr-cooldown", "1.5"], "--lr-cooldown must be a fraction in [0, 1], got 1.5"),
     ("train_baselines", ["--lr-cooldown", "nan"], "--lr-cooldown must be a fraction in [0, 1], got nan"),
     ("train_svi", ["--stochastic-layers", "3"], "--stochastic-layers must be 1 or 2, got 3"),
+    ("train_svi", ["--depth", "1000"], "--depth must be at most 100, got 1000"),
+    ("train_svi", ["--hidden-dim", "99999999999999999999"], "--hidden-dim must be at most 2,147,483,647"),
 ]
 
 
@@ -541,3 +543,22 @@ def test_a_run_from_before_the_recipe_options_resumes_as_it_was_trained(capsys, 
     config = json.loads((out / "config.json").read_text())
     assert (config["activation"], config["depth"], config["lr_cooldown"]) == ("relu", 1, 0.0)
     assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())] == [1, 2]
+
+
+def test_a_config_with_some_recipe_options_but_not_all_is_refused_not_filled_in(capsys, tmp_path):
+    # only a run from before all of them may lack them: a SiLU run whose "activation" is gone
+    # was edited, and filling in ReLU would evaluate another model
+    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    assert call("train_svi", *TINY_SVI, "--data-root", tmp_path / "d", "--out", out) == 0
+    state = load_checkpoint(str(out / "checkpoint_last.pt"), resume=True)
+    del state["config"]["activation"]
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        save_checkpoint(state, str(out / name))
+    assert_refused(capsys, "train_svi", ["--resume", out, "--epochs", "2", "--quiet",
+                                         "--no-download", "--data-root", tmp_path / "d"],
+                   "has no 'activation' though it has 'depth'", out)
+    assert_refused(capsys, "evaluate", [out, "--no-download", "--data-root", tmp_path / "d",
+                                        "--out", tmp_path / "eval"],
+                   "has no 'activation' though it has 'depth'", out)
