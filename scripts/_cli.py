@@ -226,14 +226,14 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
         saved, where = dict(state["config"]), f"{last}: its config"
     else:  # stopped before its first epoch: start it again from its config
         state, saved, where = None, _read_config(config_path), config_path
-    # a run from before the options existed was trained without them: resume it as it was
-    earlier = {k: v for k, v in {**EARLIER_OPTIONS, "lr_cooldown": 0.0}.items()
-               if k in {f.name for f in dataclasses.fields(config_cls)}}
-    saved = fill_earlier(saved, earlier)
     kind = saved.get("model", "vae")
     if kind not in model:
         raise CheckpointError(f"{run_dir} holds a run of {kind!r}; resume it with the script "
                               f"that made it, not {script}")
+    # a run from before the options existed was trained without them: resume it as it was
+    earlier = {k: v for k, v in {**EARLIER_OPTIONS, "lr_cooldown": 0.0}.items()
+               if k in {f.name for f in dataclasses.fields(config_cls)}}
+    saved = fill_earlier(saved, earlier)
     fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
     check_fields(saved, {k: t for k, t in fields.items()
                          if k not in (*RESUME_SETTINGS, "out") and t in (str, int, float, bool)},
