@@ -29,6 +29,7 @@ import pyro
 import torch
 
 import pyro_vae.ais as ais
+import pyro_vae.annealing as annealing
 from pyro_vae.build import build_vae
 from pyro_vae.estimators import log_likelihood
 
@@ -58,7 +59,7 @@ def matmul_flops(device, rows=4096):
     return n * 2 * rows * HIDDEN * PIXELS / t
 
 
-class CountingTarget(ais._Target):
+class CountingTarget(annealing.AnnealingTarget):
     """The AIS target, counting the (chain, image) pairs it evaluates with gradients."""
 
     pairs = 0
@@ -108,7 +109,7 @@ def main():
         return memory_probe(args.memory_probe, args)
     device = torch.device(args.device)
     vae, x = setup(args.images, device)
-    ais._Target = CountingTarget  # count every gradient evaluation, pilot included
+    annealing.AnnealingTarget = CountingTarget  # count every gradient evaluation, pilot included
 
     flops_ref = matmul_flops(device)
     log_likelihood(vae.model, vae.guide, x[:2], 2, khat=False)  # first-call costs

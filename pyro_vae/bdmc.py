@@ -24,7 +24,14 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .ais import _betas, _chunks, _ess, _evaluations, _logmeanexp, _weighted_mean
+from .annealing import (
+    annealed_batches,
+    effective_sample_size,
+    gradient_evaluations,
+    log_mean_exp,
+    schedule_betas,
+    weighted_mean,
+)
 
 __all__ = ["BDMCResult", "bdmc", "simulate"]
 
@@ -94,11 +101,11 @@ def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune
     The arguments are those of :func:`~pyro_vae.ais.ais_log_likelihood`; ``x`` gives the number
     and shape of the simulated images only. Returns a :class:`BDMCResult`.
     """
-    schedule = _betas(schedule, num_steps) if not isinstance(schedule, str) else schedule
+    schedule = schedule_betas(schedule, num_steps) if not isinstance(schedule, str) else schedule
     num_steps = num_steps if isinstance(schedule, str) else len(schedule) - 1
     x_sim, z_exact = simulate(model, x, **kwargs)
     lower, upper, ess_f, ess_r, acc_f, acc_r, sizes = [], [], [], [], [], [], []
-    for sl, chunk in _chunks(model, guide, x_sim, num_steps=num_steps, num_chains=num_chains,
+    for sl, chunk in annealed_batches(model, guide, x_sim, num_steps=num_steps, num_chains=num_chains,
                              num_leapfrog=num_leapfrog, tune_chains=tune_chains,
                              schedule=schedule, start=start, step_size=step_size,
                              batch_size=batch_size, progress=progress, data_plate=data_plate,
@@ -106,15 +113,15 @@ def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune
                              desc="BDMC"):
         log_w, _, acc = chunk.forward()
         log_w_rev, _, acc_rev = chunk.reverse({s: z[sl] for s, z in z_exact.items()})
-        lower.append(_logmeanexp(log_w).cpu())
-        upper.append(-_logmeanexp(log_w_rev).cpu())
-        ess_f.append(_ess(log_w).cpu())
-        ess_r.append(_ess(log_w_rev).cpu())
+        lower.append(log_mean_exp(log_w).cpu())
+        upper.append(-log_mean_exp(log_w_rev).cpu())
+        ess_f.append(effective_sample_size(log_w).cpu())
+        ess_r.append(effective_sample_size(log_w_rev).cpu())
         acc_f.append(acc)
         acc_r.append(acc_rev)
         sizes.append(sl.stop - sl.start)
     cat = lambda ts: torch.cat(ts).to(x.dtype)  # noqa: E731
     return BDMCResult(cat(lower), cat(upper), x_sim, num_steps, num_chains, cat(ess_f),
-                      cat(ess_r), _weighted_mean(acc_f, sizes), _weighted_mean(acc_r, sizes),
-                      _evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size,
+                      cat(ess_r), weighted_mean(acc_f, sizes), weighted_mean(acc_r, sizes),
+                      gradient_evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size,
                                    passes=2))

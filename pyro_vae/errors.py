@@ -6,7 +6,16 @@ one line with exit code 2. Every other exception, ``ValueError`` included, is a 
 and keeps its traceback: ``UserError`` is deliberately not a ``ValueError``.
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "RunError", "UserError", "lookup"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "NonFiniteLossError",
+    "RunError",
+    "UserError",
+    "lookup",
+]
 
 
 class UserError(Exception):
@@ -28,6 +37,23 @@ class RunError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or does not fit what it is loaded into."""
+
+
+class ModelError(UserError, ValueError):
+    """A model/guide pair that an estimator (or a loop) cannot use as written: the message names
+    the site or the missing piece and says what would work."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; Pyro only warns, so the loop raises this instead. Not a
+    :class:`UserError`: the run failed, and the message says where its last good state is."""
+
+    def __init__(self, epoch, step, value):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"the loss became {value} at epoch {epoch}, step {step}; training stopped "
+            "(try a lower --lr)"
+        )
 
 
 def lookup(registry, kind, name, *, error=ConfigError, alternative=None):

@@ -38,16 +38,22 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from .program import check_program, log_density, site_log_prob
+
 __all__ = [
     "Estimate",
     "KHAT_THRESHOLD",
     "bound_curve",
     "elbo",
+    "guide_log_density",
+    "joint_log_density",
     "log_likelihood",
     "log_weights",
     "pareto_khat",
     "site_log_prob",
 ]
+
+_PARTICLE_PLATE = "_num_samples"  # the estimators' plate of samples, left of the model's plates
 
 KHAT_THRESHOLD = 0.7
 
@@ -57,45 +63,69 @@ KHAT_THRESHOLD = 0.7
 _PAIRS_PER_PASS = 8192
 
 
-def site_log_prob(site, data_plate, num_dims):
-    """A site's log-prob, scaled and masked, as ``(K, N)``: summed over all other plate dims."""
-    lp = site["log_prob"]
-    lp = lp.reshape((1,) * (num_dims - lp.dim()) + lp.shape)  # right-aligned to the plate dims
-    frames = {f.name: f.dim for f in site["cond_indep_stack"] if f.vectorized}
-    if data_plate not in frames:
-        raise ValueError(
-            f"sample site {site['name']!r} is outside plate {data_plate!r}: a per-image log p(x) "
-            f"needs every sample site inside it (pass data_plate= the name of the data plate)"
-        )
-    keep = {0, num_dims + frames[data_plate]}  # particle dim, data dim (as positive indices)
-    other = [d for d in range(num_dims) if d not in keep]
-    if other:
-        lp = lp.sum(other, keepdim=True)
-    return lp.reshape(lp.shape[0], lp.shape[num_dims + frames[data_plate]])
-
-
 @torch.no_grad()
 def log_weights(model, guide, x, num_samples, *args, data_plate="data", max_plate_nesting=1,
-                **kwargs):
+                program=None, **kwargs):
     """Log importance weights ``w`` of shape ``(num_samples, N)`` for the images ``x`` (N, ...).
 
     ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)`` must put every sample site
     inside ``plate(data_plate)`` over the first dimension of ``x``. ``max_plate_nesting`` is the
     number of plates the model nests (the particle plate goes one to the left of them).
+    ``program``: the :class:`~pyro_vae.program.Program` of :func:`~pyro_vae.program.check_program`
+    (checked here when not given). Discrete sites marked for enumeration are summed out:
+    w = log sum_y p(x, y, z) - log q(z | x), q(z | x) a mixture where the guide enumerates y.
     """
+    if program is None:
+        program = check_program(model, guide, x, *args, data_plate=data_plate,
+                                max_plate_nesting=max_plate_nesting, method="log_weights",
+                                **kwargs)
     num_dims = max_plate_nesting + 1
-    with pyro.plate("_num_samples", num_samples, dim=-num_dims):
+    with pyro.plate(_PARTICLE_PLATE, num_samples, dim=-num_dims):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
-    w = x.new_zeros(num_samples, x.shape[0])
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                w = w + sign * site_log_prob(site, data_plate, num_dims)
-    return w
+        if not program.enumerated:  # the common case: one replay, no enumeration
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                x, *args, **kwargs)
+            w = x.new_zeros(num_samples, x.shape[0])
+            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                trace.compute_log_prob()
+                sites = [n for n, site in trace.nodes.items()
+                         if site["type"] == "sample" and not site_is_subsample(site)]
+                w = w + sign * log_density(trace, sites, data_plate, num_dims)
+            return w
+        values = {s: guide_trace.nodes[s]["value"] for s in program.sampled}
+        log_p = joint_log_density(model, values, program, x, args, kwargs)
+        log_q = guide_log_density(guide, values, program, x, args, kwargs)
+    return log_p - log_q
+
+
+def _enumerating(fn, names, num_dims):
+    """``fn`` with the sites ``names`` marked for parallel enumeration, under ``poutine.enum``
+    whose dims start left of the ``num_dims`` plate dims."""
+    marked = poutine.infer_config(
+        fn, lambda site: {"enumerate": "parallel"} if site["name"] in names else {})
+    return poutine.enum(marked, first_available_dim=-num_dims - 1)
+
+
+def joint_log_density(model, values, program, x, args, kwargs):
+    """log p(x, z) ``(K, N)`` at the sampled sites' ``values`` ``{site: (K, N, *event)}`` (under
+    the caller's particle plate), every enumerated site summed out."""
+    num_dims = program.max_plate_nesting + 1
+    fn = _enumerating(poutine.condition(model, data=values), program.guide_enumerated, num_dims)
+    trace = poutine.trace(fn).get_trace(x, *args, **kwargs)
+    trace.compute_log_prob()
+    names = program.sampled + program.enumerated + program.observed
+    return log_density(trace, names, program.data_plate, num_dims)
+
+
+def guide_log_density(guide, values, program, x, args, kwargs):
+    """log q(z | x) ``(K, N)`` at the sampled sites' ``values``, the guide-enumerated sites
+    summed out (the mixture over them)."""
+    num_dims = program.max_plate_nesting + 1
+    fn = _enumerating(poutine.condition(guide, data=values), program.guide_enumerated, num_dims)
+    trace = poutine.trace(fn).get_trace(x, *args, **kwargs)
+    trace.compute_log_prob()
+    return log_density(trace, program.sampled + program.guide_enumerated, program.data_plate,
+                       num_dims)
 
 
 @dataclass
@@ -152,7 +182,7 @@ def psis_tail_size(num_samples):
     return math.ceil(min(num_samples / 5, 3 * math.sqrt(num_samples)))
 
 
-def _accumulate(model, guide, x, num_samples, chunk_size, keep_tail, kw):
+def _accumulate(model, guide, x, num_samples, chunk_size, keep_tail, kw, program):
     """Stream over chunks of samples: returns logsumexp_k w, logsumexp_k 2w, sum_k w, and with
     ``keep_tail`` each image's largest M + 1 log weights ``(M + 1, n)`` (a streaming top-k, so
     memory is flat in ``num_samples``), else None."""
@@ -161,7 +191,7 @@ def _accumulate(model, guide, x, num_samples, chunk_size, keep_tail, kw):
     keep = psis_tail_size(num_samples) + 1
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
-        w = log_weights(model, guide, x, k, **kw)  # (k, n)
+        w = log_weights(model, guide, x, k, program=program, **kw)  # (k, n)
         c1, c2 = torch.logsumexp(w, 0), torch.logsumexp(2 * w, 0)
         lse = c1 if lse is None else torch.logaddexp(lse, c1)
         lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
@@ -173,7 +203,7 @@ def _accumulate(model, guide, x, num_samples, chunk_size, keep_tail, kw):
     return lse, lse2, total, top
 
 
-def _estimate(model, guide, x, num_samples, batch_size, chunk_size, khat, kw):
+def _estimate(model, guide, x, num_samples, batch_size, chunk_size, khat, kw, method):
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     batch_size = batch_size or x.shape[0]
@@ -181,9 +211,13 @@ def _estimate(model, guide, x, num_samples, batch_size, chunk_size, khat, kw):
     chunk_size = chunk_size or max(1, min(num_samples,
                                            _PAIRS_PER_PASS // min(batch_size, x.shape[0])))
     iwae, elbo_, ess, khats = [], [], [], []
+    program = None
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
-        lse, lse2, total, top = _accumulate(model, guide, xb, num_samples, chunk_size, khat, kw)
+        if program is None:  # checked once, on the first chunk of images
+            program = check_program(model, guide, xb, method=method, **kw)
+        lse, lse2, total, top = _accumulate(model, guide, xb, num_samples, chunk_size, khat, kw,
+                                            program)
         iwae.append(lse - math.log(num_samples))
         elbo_.append(total / num_samples)
         ess.append(torch.exp(2 * lse - lse2))
@@ -206,7 +240,7 @@ def log_likelihood(model, guide, x, num_samples=1000, *, batch_size=None, chunk_
     :returns: :class:`Estimate` whose ``per_image`` is (N,) on the CPU.
     """
     iwae, elbo_, ess, khats = _estimate(model, guide, x, num_samples, batch_size, chunk_size,
-                                        khat, kwargs)
+                                        khat, kwargs, "log_likelihood")
     return Estimate(iwae, num_samples, ess, khats, elbo_)
 
 
@@ -214,7 +248,7 @@ def elbo(model, guide, x, num_samples=1, *, batch_size=None, chunk_size=None, **
     """Per-image Monte-Carlo ELBO, the mean of ``num_samples`` log weights; same form as
     :func:`log_likelihood` (its ``ess`` describes the same weights)."""
     _, elbo_, ess, _ = _estimate(model, guide, x, num_samples, batch_size, chunk_size, False,
-                                 kwargs)
+                                 kwargs, "elbo")
     return Estimate(elbo_, num_samples, ess)
 
 

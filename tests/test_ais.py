@@ -8,9 +8,8 @@ import torch
 from closed_form import GammaPoisson, LinearGaussian
 import pyro.distributions as dist
 
-from pyro_vae.ais import (
-    _chunks, _hmc_step, _Target, ais_log_likelihood, linear_schedule, sigmoid_schedule,
-)
+from pyro_vae.ais import ais_log_likelihood, linear_schedule, sigmoid_schedule
+from pyro_vae.annealing import AnnealingTarget, annealed_batches, hmc_step
 from pyro_vae.bdmc import bdmc, simulate
 from pyro_vae.estimators import log_likelihood
 
@@ -106,7 +105,7 @@ def test_estimating_chains_use_the_frozen_pilot_schedule(lg):
     # the step sizes of the forward and the reverse pass are exactly the pilot's, whatever the
     # estimating chains accept: their transitions do not depend on their own past
     x = lg.data(6)
-    _, chunk = next(_chunks(lg.model, lg.poor_guide, x, num_steps=12, num_chains=4,
+    _, chunk = next(annealed_batches(lg.model, lg.poor_guide, x, num_steps=12, num_chains=4,
                             num_leapfrog=2, tune_chains=3, schedule="sigmoid", start="guide",
                             step_size=None, batch_size=None, progress=False, data_plate="data",
                             max_plate_nesting=1, kwargs={}, passes=2, desc=""))
@@ -132,13 +131,13 @@ def test_hmc_leaves_the_intermediate_density_invariant(lg):
     prec = (1 - beta) * torch.diag(q_scale**-2) + beta * lg.precision
     cov = torch.linalg.inv(prec)
     mean = cov @ ((1 - beta) * q_loc / q_scale**2 + beta * lg.precision @ lg.posterior_mean(x)[0])
-    target = _Target(lg.model, lg.poor_guide, x, 4000, "guide", {}, "data", 1)
+    target = AnnealingTarget(lg.model, lg.poor_guide, x, 4000, "guide", {}, "data", 1)
     u = dist.MultivariateNormal(mean, cov).sample((4000,)).unsqueeze(1)  # (C, 1, D)
     state = (u,) + target.evaluate(u)
     accepted = 0.0
     step = 0.5 * cov.diagonal().sqrt().min().reshape(1)  # (N,) = (1,)
     for _ in range(10):
-        state, accept = _hmc_step(target, state, beta, step, 3)
+        state, accept = hmc_step(target, state, beta, step, 3)
         accepted += accept.float().mean().item() / 10
     v = state[0][:, 0]
     assert 0.2 < accepted < 0.99  # it moved
