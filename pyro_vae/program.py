@@ -3,7 +3,7 @@ it then computes, with enumerated discrete sites summed out.
 
 An estimator of log p(x) for a ``model`` and ``guide`` is only right if the two traces fit each
 other, as Pyro's own ``util.check_model_guide_match`` demands of an ELBO. :func:`check_program`
-traces the guide once, replays the model against it, and sorts every unobserved sample site of
+traces the guide and the model once each, and sorts every unobserved sample site of
 the model into one of four kinds, or refuses the program with a :class:`ModelError` that names
 the site and says what would work:
 
@@ -96,15 +96,15 @@ class Program:
 
 def check_program(model, guide, x, *args, data_plate="data", max_plate_nesting=1,
                   method="the estimator", **kwargs):
-    """Trace ``guide(x, *args, **kwargs)`` and the model replayed against it, check that they
+    """Trace ``guide(x, *args, **kwargs)`` and the model (on its own draws), check that they
     fit (module doc), and return their :class:`Program`; raise :class:`ModelError` naming the
     first site that does not fit. Draws no number from the caller's random stream."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices), \
             pyro.validation_enabled(False):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs)
+        # the model on its own draws: a guide of the wrong shape cannot break it before the check
+        model_trace = poutine.trace(model).get_trace(x, *args, **kwargs)
     guide_sites, model_sites = _sample_sites(guide_trace), _sample_sites(model_trace)
     program = Program([], [], data_plate, max_plate_nesting)
     for name, site in model_sites.items():

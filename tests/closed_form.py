@@ -140,3 +140,86 @@ class GaussianChain:
         z2 = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
         z1 = self.a * z2 + self.s1 * torch.randn(n, self.dim, generator=g, dtype=torch.float64)
         return self.c * z1 + self.s0 * torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+
+
+class GaussianMixture:
+    """A discrete latent: y ~ Categorical(pi) over C components, z | y ~ N(mu_y, t^2 I_d),
+    x | z ~ N(W z + b, s^2 I_D)  =>  x ~ sum_y pi_y N(W mu_y + b, t^2 W W^T + s^2 I_D).
+
+    Given x, p(y | x) is proportional to pi_y times that component's density, and
+    p(z | x, y) = N(m_y, S), S = (I / t^2 + W^T W / s^2)^{-1},
+    m_y = S (mu_y / t^2 + W^T (x - b) / s^2), the same S for every y.
+    """
+
+    def __init__(self, components=10, latent=2, dim=3, spread=3.0, t=0.5, noise=0.6, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        f = dict(generator=g, dtype=torch.float64)
+        self.C, self.latent, self.dim, self.t, self.noise = components, latent, dim, t, noise
+        self.logits = torch.randn(components, **f)
+        self.mu = spread * torch.randn(components, latent, **f)
+        self.W = torch.randn(dim, latent, **f)
+        self.b = torch.randn(dim, **f)
+        eye = torch.eye(latent, dtype=torch.float64)
+        self.S = torch.linalg.inv(eye / t**2 + self.W.T @ self.W / noise**2)
+
+    def _components(self):
+        cov = self.t**2 * self.W @ self.W.T + self.noise**2 * torch.eye(self.dim, dtype=torch.float64)
+        return dist.MultivariateNormal(self.mu @ self.W.T + self.b, covariance_matrix=cov)
+
+    def exact_log_px(self, x):
+        lp = self._components().log_prob(x.unsqueeze(-2))  # (N, C)
+        return torch.logsumexp(lp + self.logits.log_softmax(-1), -1)
+
+    def posterior_y(self, x):
+        """log p(y | x), (N, C)."""
+        lp = self._components().log_prob(x.unsqueeze(-2)) + self.logits.log_softmax(-1)
+        return lp - torch.logsumexp(lp, -1, keepdim=True)
+
+    def posterior_means(self, x):
+        """m_y for every y, (N, C, d)."""
+        r = self.mu / self.t**2 + ((x - self.b) @ self.W / self.noise**2).unsqueeze(-2)
+        return r @ self.S.T
+
+    def model(self, x, enumerate="parallel"):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=self.logits),
+                            infer={"enumerate": enumerate} if enumerate else {})
+            z = pyro.sample("z", dist.Normal(self.mu[y], self.t).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.noise).to_event(1), obs=x)
+
+    def unmarked_model(self, x):
+        """y not marked for enumeration: a guide without y leaves it to no one."""
+        return self.model(x, enumerate=None)
+
+    def gaussian_guide(self, x, widen=1.3):
+        """One Gaussian over z, no y: moment-matched to the posterior mixture, widened."""
+        w = self.posterior_y(x).exp()  # (N, C)
+        m = self.posterior_means(x)  # (N, C, d)
+        mean = (w.unsqueeze(-1) * m).sum(-2)
+        spread = (w.unsqueeze(-1).unsqueeze(-1) * torch.einsum(
+            "nci,ncj->ncij", m - mean.unsqueeze(-2), m - mean.unsqueeze(-2))).sum(-3)
+        cov = widen**2 * (self.S + spread)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(mean, covariance_matrix=cov))
+
+    def mixture_guide(self, x, enumerate="parallel", error=0.0):
+        """q(y | x) q(z | x, y): the exact posterior at ``error`` 0; otherwise q(y | x) tempered
+        and q(z | x, y) shifted and widened. ``enumerate``: marked for summing out, or None
+        (sampled)."""
+        logits = self.posterior_y(x) * (1 - error)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=logits),
+                            infer={"enumerate": enumerate} if enumerate else {})
+            # y is (K, N) when drawn, or (C, 1, 1) when enumerated: pick m_y by a one-hot sum
+            onehot = torch.nn.functional.one_hot(y, self.C).to(x.dtype).unsqueeze(-1)
+            loc = (onehot * self.posterior_means(x)).sum(-2)  # (..., N, d)
+            pyro.sample("z", dist.MultivariateNormal(
+                loc + error, covariance_matrix=(1 + error)**2 * self.S))
+
+    def data(self, n, seed=1):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            y = dist.Categorical(logits=self.logits).sample((n,))
+            z = self.mu[y] + self.t * torch.randn(n, self.latent, dtype=torch.float64)
+            return z @ self.W.T + self.b + self.noise * torch.randn(n, self.dim,
+                                                                     dtype=torch.float64)
