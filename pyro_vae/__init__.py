@@ -2,7 +2,13 @@
 
 The VAE is a Pyro model/guide pair built from components that return distributions; the
 deterministic and denoising autoencoders sit on the same networks; the estimators give per-image
-marginal log-likelihood bounds for any Pyro model and guide.
+marginal log-likelihood bounds for any Pyro model and guide, after checking that model and
+guide fit (discrete sites marked for enumeration are summed out exactly).
+
+Two kinds of module: the **core** (components, models, the model protocol, estimators, AIS,
+BDMC, the gap split, plots), which imports nothing of the **run infrastructure** (data, train,
+distributed, launch, runs, checkpoint, resources, files); ``errors`` is shared.
+``tests/test_layout.py`` holds the line, and that no module imports itself through others.
 """
 
 from .autoencoders import Autoencoder, DenoisingAutoencoder, fit_code_distribution
@@ -24,8 +30,17 @@ from .data import (
 )
 from .diagnostics import active_units, kl_per_dimension
 from .encoders import ENCODERS, DiagonalNormalEncoder, FlowEncoder, FullCovarianceEncoder
-from .errors import CheckpointError, ConfigError, DataError, RunError, UserError, lookup
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelError,
+    RunError,
+    UserError,
+    lookup,
+)
 from .ais import AISEstimate, ais_log_likelihood, linear_schedule, sigmoid_schedule
+from .annealing import AnnealingTarget
 from .bdmc import BDMCResult, bdmc, simulate
 from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
 from .inference_gap import InferenceGap, LocalGaussianGuide, fit_local_guide, inference_gap
@@ -41,6 +56,8 @@ from .likelihoods import (
 from .nets import ACTIVATIONS, NETS, ConvDecoderNet, ConvEncoderNet, MLPDecoderNet, MLPEncoderNet, mlp
 from .noise import NOISES, GaussianNoise, MaskingNoise, SaltAndPepperNoise, make_noise, psnr
 from .objectives import IWAE
+from .program import Program, check_program
+from .protocol import CodeViews, check_model
 from .priors import (
     PRIORS,
     FlowPrior,
@@ -62,9 +79,11 @@ from .hierarchical import TwoLayerVAE
 from .vae import VAE
 
 __all__ = [
-    # the model
+    # the model, and what any model offers (pyro_vae.protocol)
     "VAE",
     "TwoLayerVAE",
+    "CodeViews",
+    "check_model",
     "build_vae",
     "vae_from_checkpoint",
     # the baselines, on the same nets
@@ -122,7 +141,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "find_checkpoint",
-    # estimators
+    # estimators, and their check of a model/guide pair
+    "check_program",
+    "Program",
     "Estimate",
     "log_likelihood",
     "elbo",
@@ -132,6 +153,7 @@ __all__ = [
     # annealed importance sampling, BDMC sandwich bounds, the inference gaps
     "AISEstimate",
     "ais_log_likelihood",
+    "AnnealingTarget",
     "sigmoid_schedule",
     "linear_schedule",
     "BDMCResult",
@@ -153,6 +175,7 @@ __all__ = [
     "DataError",
     "RunError",
     "CheckpointError",
+    "ModelError",
     "lookup",
     # scoring generated images
     "DigitClassifier",

@@ -33,9 +33,11 @@ from .resources import available_memory, format_bytes
 __all__ = [
     "BINARIZATIONS",
     "DATASETS",
+    "MAX_CLASSES",
     "ImageData",
     "batches",
     "binarize_static",
+    "check_labels",
     "is_dataset_file",
     "load_dataset",
     "load_npz",
@@ -63,6 +65,16 @@ class ImageData:
     @property
     def image_shape(self):
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self):
+        """C, one more than the largest label (0 when no image is labelled)."""
+        return int(max(self.y_train.max(), self.y_test.max(), -1)) + 1
+
+    def fields(self, split):
+        """The aligned tensors of ``split`` (``"train"`` or ``"test"``) as a batch dict:
+        ``{"x": images, "y": labels}`` (-1 where absent), what :func:`batches` cuts."""
+        return {"x": getattr(self, f"x_{split}"), "y": getattr(self, f"y_{split}")}
 
     def to(self, device):
         return ImageData(
@@ -327,14 +339,37 @@ def _npz_images(path, key, array):
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+MAX_CLASSES = 1000  # labels are class indices 0..C-1 with C at most this; -1: no label
+
+
+def check_labels(y, n, where):
+    """``y`` as int64 labels ``(n,)``, or a :class:`DataError` naming ``where``: an object
+    array, a dtype that is not integer, a shape that is not one label per image, a value
+    outside -1 (no label) .. :data:`MAX_CLASSES` - 1."""
+    y = np.asarray(y)
+    if y.dtype == object:
+        raise DataError(f"{where} is an array of Python objects; save integer class indices "
+                        "(np.int64), -1 where an image has no label")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where} has dtype {y.dtype}; labels must be integer class indices "
+                        "(np.int64), -1 where an image has no label")
+    if y.shape != (n,):
+        raise DataError(f"{where} has shape {y.shape}; it must hold {n} labels, one per image")
+    if y.size and (y.min() < -1 or y.max() >= MAX_CLASSES):
+        raise DataError(f"{where} holds labels in [{y.min()}, {y.max()}]; labels are class "
+                        f"indices 0..C-1 with C at most {MAX_CLASSES}, or -1 for no label")
+    return torch.from_numpy(y.astype(np.int64))
+
+
 def _npz_labels(path, npz, key, n):
     if key not in npz.files:
         return torch.full((n,), -1, dtype=torch.int64)  # unlabelled
-    y = np.asarray(npz[key])
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: {key} must be {n} integer labels, one per image; got "
-                        f"{y.dtype} of shape {y.shape}")
-    return torch.from_numpy(y.astype(np.int64))
+    try:
+        y = npz[key]
+    except ValueError:  # an object array, refused by allow_pickle=False
+        raise DataError(f"{path}: {key} is an array of Python objects; save integer class "
+                        "indices (np.int64), -1 where an image has no label") from None
+    return check_labels(y, n, f"{path}: {key}")
 
 
 def load_npz(path):
@@ -410,18 +445,23 @@ def binarize_static(x, seed):
 def batches(x, batch_size, *, binarize="none", shuffle=True, generator=None, drop_last=False):
     """Yield minibatches of ``x`` (N, ...) in the order of a permutation drawn from ``generator``.
 
-    With ``binarize="dynamic"`` each batch is a fresh draw ``Bernoulli(x[idx])`` from the same
-    generator, so the whole stream is reproducible from the generator's state. ``generator`` must
-    live on ``x.device``.
+    ``x`` may be a dict of aligned tensors (``"x"``, the images, and e.g. ``"y"``, labels, one
+    row per image): each batch is then a dict of the same rows of each. With
+    ``binarize="dynamic"`` each batch's images are a fresh draw ``Bernoulli(x[idx])`` from the
+    same generator (labels are left alone), so the whole stream is reproducible from the
+    generator's state. ``generator`` must live on the images' device.
     """
-    n = x.shape[0]
+    fields = x if isinstance(x, dict) else {"x": x}
+    images = fields["x"]
+    n = images.shape[0]
     if shuffle:
-        perm = torch.randperm(n, generator=generator, device=x.device)
+        perm = torch.randperm(n, generator=generator, device=images.device)
     else:
-        perm = torch.arange(n, device=x.device)
+        perm = torch.arange(n, device=images.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        xb = x[perm[start : start + batch_size]]
+        idx = perm[start : start + batch_size]
+        batch = {k: v[idx] for k, v in fields.items()}
         if binarize == "dynamic":
-            xb = torch.bernoulli(xb, generator=generator)
-        yield xb
+            batch["x"] = torch.bernoulli(batch["x"], generator=generator)
+        yield batch if isinstance(x, dict) else batch["x"]

@@ -53,19 +53,22 @@ import contextlib
 import dataclasses
 import datetime
 import io
+import math
 import os
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
-from .data import batches as single_batches
-from .errors import RunError, UserError
+from .errors import NonFiniteLossError, RunError, UserError
 from .runs import DistributedRecorder, Recorder, resolve_device
+from .train import CUDA_CHECK_EVERY, batch_size_of, pyro_nan_warnings_off, set_learning_rate
 
 __all__ = [
     "CUDA_CHECK_EVERY",
@@ -78,6 +81,7 @@ __all__ = [
     "env_world_size",
     "quiet",
     "rank_seed",
+    "run_epochs",
     "start",
     "together",
 ]
@@ -85,8 +89,6 @@ __all__ = [
 # How long a collective waits for the slowest rank before it fails: longer than any stretch one
 # rank works alone (rank 0 writing a checkpoint, the ranks loading the data in turn).
 TIMEOUT = datetime.timedelta(minutes=10)
-# On a GPU the loss is read on the host (and the ranks agree) every this many steps.
-CUDA_CHECK_EVERY = 20
 
 # A rank's status at an agreement, and the exit code each gives
 _OK, _NONFINITE, _USER, _BUG, _INTERRUPT = 0, 1, 2, 3, 4
@@ -126,8 +128,6 @@ def rank_seed(seed, rank):
 
 
 def _status(error):
-    from .train import NonFiniteLossError
-
     if error is None:
         return _OK
     if isinstance(error, NonFiniteLossError):
@@ -153,7 +153,7 @@ class _LossModule(nn.Module):
         self.error = None
 
     def forward(self, xb, *args, **kwargs):
-        if xb.shape[0]:
+        if batch_size_of(xb):
             try:
                 return self.loss(xb, *args, **kwargs)
             except Exception as e:  # noqa: BLE001  (kept for the next agreement)
@@ -303,22 +303,21 @@ class World:
         self.order = torch.Generator(device=device).manual_seed(seed)
         return torch.Generator(device=device).manual_seed(rank_seed(seed, self.rank))
 
-    def batches(self, x, batch_size, *, binarize, generator):
+    def batches(self, train, batch_size, *, binarize, generator):
         """Yield ``(share, global_size)`` per step: this rank's share of each global batch of the
-        epoch's permutation (drawn from ``order``), freshly binarized from ``generator`` with
-        ``binarize="dynamic"``, and the global batch's size. A world of one yields the batches of
-        :func:`pyro_vae.data.batches` (one generator for both, as before)."""
-        if self.size == 1:
-            for xb in single_batches(x, batch_size, binarize=binarize, generator=generator):
-                yield xb, xb.shape[0]
-            return
-        perm = torch.randperm(x.shape[0], generator=self.order, device=x.device)
-        for start in range(0, x.shape[0], batch_size):
+        epoch's permutation (drawn from ``order``; the rows of every tensor of a dict batch
+        alike), its images freshly binarized from ``generator`` with ``binarize="dynamic"``,
+        and the global batch's size."""
+        fields = train if isinstance(train, dict) else {"x": train}
+        n = fields["x"].shape[0]
+        perm = torch.randperm(n, generator=self.order, device=fields["x"].device)
+        for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            xb = x[idx[self.share(len(idx))]]
+            rows = idx[self.share(len(idx))]
+            share = {k: v[rows] for k, v in fields.items()}
             if binarize == "dynamic":
-                xb = torch.bernoulli(xb, generator=generator)
-            yield xb, len(idx)
+                share["x"] = torch.bernoulli(share["x"], generator=generator)
+            yield (share if isinstance(train, dict) else share["x"]), len(idx)
 
     def sum(self, values):
         """The sums over ranks of a few numbers (float64), as a list of floats."""
@@ -356,12 +355,9 @@ class World:
 
     def wrap(self, module, loss):
         """The training step's forward, a function of ``loss``'s arguments that returns ``(loss,
-        error)``. One process: ``loss`` itself, whose errors propagate (``error`` None). Several:
-        the DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), with the error it
-        kept, made after an agreement (DDP's constructor is a collective: it copies rank 0's
-        weights to all)."""
-        if self.size == 1:
-            return lambda *args, **kwargs: (loss(*args, **kwargs), None)
+        error)``: the DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), with the
+        error it kept, made after an agreement (DDP's constructor is a collective: it copies
+        rank 0's weights to all)."""
         self.agree()
         from torch.nn.parallel import DistributedDataParallel
 
@@ -376,24 +372,28 @@ class World:
 
         return forward
 
-    def epoch_means(self, error, train_sum, seen, test_loss, x):
+    def epoch_means(self, error, train_sum, seen, test_loss, test):
         """An epoch's end, on every rank: an agreement on ``error`` (this rank's failure in the
         last steps) or on one in ``test_loss``; then the epoch's mean training loss per image
-        (``train_sum`` over ``seen`` images on each rank), mean test loss per image over ``x``,
-        and the images trained on, summed over ranks. One process on the CPU computes
-        ``test_loss(x)``; otherwise (several ranks, or a GPU) each rank sums ``test_loss`` times
-        the images over its share of ``x``, and the sum over ranks is divided by the images."""
-        whole = self.size == 1 and x.device.type == "cpu"
-        share = x if whole else x[self.share(x.shape[0])]
-        test = 0.0
-        if error is None and (whole or share.shape[0]):
+        (``train_sum`` over ``seen`` images on each rank), mean test loss per image over
+        ``test`` (each rank sums ``test_loss`` times the images over its share, and the sum
+        over ranks is divided by the images), and the images trained on, summed over ranks."""
+        n = batch_size_of(test)
+        rows = self.share(n)
+        share = {k: v[rows] for k, v in test.items()} if isinstance(test, dict) else test[rows]
+        total = 0.0
+        if error is None and rows.stop > rows.start:
             try:
-                test = test_loss(x) if whole else test_loss(share) * share.shape[0]
+                total = test_loss(share) * (rows.stop - rows.start)
             except Exception as e:  # noqa: BLE001  (handed to the agreement)
                 error = e
         self.agree(error)
-        train_sum, seen, test = self.sum([train_sum, seen, test])
-        return train_sum / seen, test if whole else test / x.shape[0], seen
+        train_sum, seen, total = self.sum([train_sum, seen, total])
+        return train_sum / seen, total / n, seen
+
+    def run_epochs(self, *args, **kwargs):
+        """:func:`run_epochs` on this world."""
+        return run_epochs(self, *args, **kwargs)
 
     def _comm_device(self):
         if self.size > 1 and dist.get_backend() == "nccl":
@@ -406,6 +406,93 @@ class World:
         if self.size == 1:
             return Recorder(*args, **kwargs)
         return DistributedRecorder(self, *args, **kwargs)
+
+
+def run_epochs(world, module, optimizer, batch_loss, test_loss, train, test, *, epochs,
+               batch_size, binarize, generator, start_epoch=0, on_epoch=None, progress=True,
+               columns=None, lr_at=None, check_every=None):
+    """:func:`pyro_vae.train.run_epochs` over the ranks of ``world``: each rank its share of
+    every global batch (:meth:`World.batches`), its loss through DDP (:meth:`World.wrap`)
+    scaled by ranks / global batch, the rows summed over ranks (:meth:`World.epoch_means`),
+    and an agreement at every check of the loss, where a failure kept on one rank stops all
+    (the module doc, "Stopping together")."""
+    device = (train["x"] if isinstance(train, dict) else train).device
+    check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
+    forward = world.wrap(module, batch_loss)  # returns (loss, the error it kept)
+    pending = None  # this rank's failure, not yet told to the others
+    steps_per_epoch = math.ceil(batch_size_of(train) / batch_size)
+    history = []
+    quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
+    with world.deferring_interrupts(), quiet_pyro:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            module.train()
+            extra = columns(epoch) if columns is not None else {}
+            t0 = time.perf_counter()
+            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed, this rank
+            first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
+            seen = 0
+            bar = tqdm(world.batches(train, batch_size, binarize=binarize, generator=generator),
+                       total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not (progress and world.is_main), unit="batch")
+            for step, (xb, global_size) in enumerate(bar, 1):
+                check = check_every == 1 or step % check_every == 0 or step == steps_per_epoch
+                loss = None
+                try:  # a failed rank runs the empty share (a zero loss) until the agreement
+                    loss, error = forward(xb if pending is None else _empty(xb), epoch,
+                                          first=not history and step == 1)  # summed, (,)
+                    if error is not None:
+                        pending = error
+                    elif pending is None and check_every == 1:
+                        value = loss.item()
+                        if not math.isfinite(value):
+                            pending = NonFiniteLossError(epoch, step, value)
+                    elif pending is None:  # remember the first bad step on the device
+                        bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+                        first_bad = torch.where(bad, step, first_bad)
+                except Exception as e:  # noqa: BLE001  (handed to the agreement)
+                    if pending is None:
+                        pending = e
+                if pending is None and check_every > 1 and check:
+                    bad_step = int(first_bad.item())  # the one host read of the window
+                    if bad_step:
+                        pending = NonFiniteLossError(epoch, bad_step, float("nan"))
+                # loss None: DDP's own forward failed, with nothing to backpropagate
+                if check or loss is None:
+                    world.agree(pending)  # raises if any rank failed
+                try:
+                    optimizer.zero_grad(set_to_none=True)
+                    # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
+                    (loss * (world.size / global_size)).backward()
+                    if pending is None:
+                        set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
+                        optimizer.step()
+                        total += loss.detach()
+                        seen += batch_size_of(xb)
+                except Exception as e:  # noqa: BLE001  (handed to the next agreement)
+                    if pending is None:
+                        pending = e
+                if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
+                    bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
+            seconds = time.perf_counter() - t0
+            module.eval()
+            # the last step's failure, if any, is told here
+            train_loss, test_mean, images = world.epoch_means(pending, total.item(), seen,
+                                                              test_loss, test)
+            pending = None
+            row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_mean, **extra,
+                   "seconds": seconds, "images_per_second": images / seconds}
+            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 reports
+                world.agree(NonFiniteLossError(epoch, "test", row["test_loss"])
+                            if world.is_main else None)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+    return history
+
+
+def _empty(batch):
+    """The batch with no rows: a failed rank's share until the agreement."""
+    return {k: v[:0] for k, v in batch.items()} if isinstance(batch, dict) else batch[:0]
 
 
 # The process's world, once :func:`start` made it.

@@ -20,12 +20,13 @@ import pyro
 import torch
 from torch import nn
 
-from .vae import _scaled, mean_of
+from .protocol import CodeViews, mean_of
+from .vae import _scaled
 
 __all__ = ["TwoLayerVAE"]
 
 
-class TwoLayerVAE(nn.Module):
+class TwoLayerVAE(CodeViews, nn.Module):
     """A VAE with sample sites ``"z2"``, ``"z1"`` (latent) and ``"x"`` (observed) inside
     ``plate("data")``.
 
@@ -61,19 +62,20 @@ class TwoLayerVAE(nn.Module):
                 z1 = pyro.sample("z1", self.encoder(x))
                 pyro.sample("z2", self.upper_encoder(z1))
 
-    # The views of VAE, so that plots and reports work unchanged. The "code" of an image is the
-    # top latent z2, the one whose prior is simple; means are taken layer by layer.
+    # The views of pyro_vae.protocol.CodeViews. The "code" of an image is the top latent z2,
+    # the one whose prior is simple; means are taken layer by layer.
 
-    @torch.no_grad()
-    def encode(self, x, num_samples=100):
-        """E_q[z2 | z1 = E_q[z1 | x]], shape ``(N, latent_dim)``: the top code, layer by layer
-        (a mean without closed form, e.g. a flow's, averages ``num_samples`` draws)."""
-        return self.upper_encoder(mean_of(self.encoder(x), num_samples)).mean
+    def code_posterior(self, x, num_samples=100):
+        """q(z2 | z1 = E_q[z1 | x]): the top code, layer by layer (a mean without closed form,
+        e.g. a flow's, averages ``num_samples`` draws)."""
+        return self.upper_encoder(mean_of(self.encoder(x), num_samples))
 
-    @torch.no_grad()
-    def decode(self, z2):
-        """E_p[x | z1 = E_p[z1 | z2]]: the likelihood's mean, the mean path down from z2."""
-        return self.likelihood(self.transition(z2).mean).mean
+    def code_prior(self):
+        return self.prior()
+
+    def code_likelihood(self, z2):
+        """p(x | z1 = E_p[z1 | z2]): the mean path down from z2."""
+        return self.likelihood(self.transition(z2).mean)
 
     @torch.no_grad()
     def reconstruct(self, x, num_samples=100):

@@ -16,11 +16,13 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm import tqdm
 
-from .distributed import CUDA_CHECK_EVERY, World
-from .errors import lookup
+from .data import batches
+from .errors import NonFiniteLossError, lookup
 from .objectives import IWAE
+from .protocol import check_model, model_inputs
 
 __all__ = [
+    "CUDA_CHECK_EVERY",
     "ELBOS",
     "NonFiniteLossError",
     "evaluate_autoencoder",
@@ -33,21 +35,13 @@ __all__ = [
     "run_epochs",
 ]
 
+# On a GPU the loss is read on the host (and ranks agree) every this many steps.
+CUDA_CHECK_EVERY = 20
+
 # name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=).
 # "meanfield" uses closed-form KL(q || p) where torch knows it (e.g. diagonal Normal vs the
 # standard normal prior); "iwae" is the importance-weighted bound with K = num_particles.
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": IWAE}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; Pyro only warns, so the loop raises this instead."""
-
-    def __init__(self, epoch, step, value):
-        self.epoch, self.step, self.value = epoch, step, value
-        super().__init__(
-            f"the loss became {value} at epoch {epoch}, step {step}; training stopped "
-            "(try a lower --lr)"
-        )
 
 
 def make_elbo(name, num_particles=1, max_plate_nesting=1):
@@ -61,12 +55,14 @@ def make_elbo(name, num_particles=1, max_plate_nesting=1):
 
 @torch.no_grad()
 def evaluate_loss(vae, loss, x, batch_size=1000):
-    """Mean -ELBO per image over ``x``, one pass in batches (a Monte-Carlo estimate)."""
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        total += loss.differentiable_loss(vae.model, vae.guide, xb).item()
-    return total / x.shape[0]
+    """Mean -ELBO per image over ``x`` (images, or a dict of aligned tensors), one pass in
+    batches (a Monte-Carlo estimate)."""
+    total, n = 0.0, batch_size_of(x)
+    for start in range(0, n, batch_size):
+        xb = ({k: v[start : start + batch_size] for k, v in x.items()} if isinstance(x, dict)
+              else x[start : start + batch_size])
+        total += loss.differentiable_loss(vae.model, vae.guide, *model_inputs(vae, xb)).item()
+    return total / n
 
 
 def kl_schedule(beta=1.0, warmup_epochs=0):
@@ -106,7 +102,7 @@ def set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs):
 
 
 @contextlib.contextmanager
-def _pyro_nan_warnings_off():
+def pyro_nan_warnings_off():
     """Pyro's ELBOs test the loss for NaN on the host (``warn_if_nan``): a device sync per step
     on a GPU. The loop checks the loss itself, so on a GPU the test is left out."""
     import pyro.infer.renyi_elbo
@@ -124,109 +120,83 @@ def _pyro_nan_warnings_off():
             m.warn_if_nan = f
 
 
-def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs, batch_size,
+def batch_size_of(batch):
+    """The number of images in a batch: a tensor's rows, or a dict's ``"x"``'s."""
+    return (batch["x"] if isinstance(batch, dict) else batch).shape[0]
+
+
+def run_epochs(module, optimizer, batch_loss, test_loss, train, test, *, epochs, batch_size,
                binarize, generator, start_epoch=0, on_epoch=None, progress=True, columns=None,
                world=None, lr_at=None, check_every=None):
     """The loop of :func:`fit` and :func:`fit_autoencoder`: epochs ``start_epoch + 1 ..
     epochs``, each row passed to ``on_epoch`` and returned in a list.
 
-    ``batch_loss(xb, epoch, first)`` returns the loss summed over the batch (``first``: the first
-    step of this call); ``test_loss(x)`` the mean loss per image over ``x``; ``columns(epoch)``
-    extra columns for the epoch's row; ``lr_at(t)`` the learning rate at the fraction t of the
-    run's steps (:func:`lr_schedule`).
+    ``train`` and ``test`` are the images ``(N, ...)``, or a dict of aligned tensors (``"x"``,
+    the images; ``"y"``, labels, ...; see :func:`pyro_vae.data.batches`), and batches are of
+    the same kind. ``batch_loss(batch, epoch, first)`` returns the loss summed over the batch
+    (``first``: the first step of this call); ``test_loss(test)`` the mean loss per image;
+    ``columns(epoch)`` extra columns for the epoch's row; ``lr_at(t)`` the learning rate at
+    the fraction t of the run's steps (:func:`lr_schedule`). Each step steps on the batch's
+    mean loss per image.
 
-    Each step steps on the global batch's mean loss per image. ``world`` (a
-    :class:`~pyro_vae.distributed.World`; one process by default) gives each rank its share of
-    every global batch (:meth:`~pyro_vae.distributed.World.batches`) and its loss through DDP
-    (:meth:`~pyro_vae.distributed.World.wrap`), which the loop scales by ranks / global batch
-    so that DDP's average over ranks is that gradient, and sums the rows' numbers over ranks
-    (:meth:`~pyro_vae.distributed.World.epoch_means`). The loss is checked for NaN or infinity
-    every ``check_every`` steps (default: every step on the CPU, where reading it costs no device
-    sync, so that the optimizer never steps on it; :data:`~pyro_vae.distributed.CUDA_CHECK_EVERY`
-    on a GPU, where a read is a sync, found on the device then read) and at each epoch's end;
-    with several ranks, the ranks agree at each check (:meth:`~pyro_vae.distributed.World.agree`).
+    The loss is checked for NaN or infinity every ``check_every`` steps (default: every step
+    on the CPU, where reading it costs no device sync, so that the optimizer never steps on it;
+:data:`CUDA_CHECK_EVERY` on a GPU, where a read is a sync: found on
+    the device, then read) and at each epoch's end: :class:`NonFiniteLossError`.
 
-    An exception on one rank (in the loss, the backward pass or the optimizer's step) is kept
-    until the next agreement: that rank goes on to it with its collectives matching the others'
-    (an empty share's zero loss through DDP, so that backward meets their allreduce; no optimizer
-    step), and there every rank stops. On the CPU (``check_every`` 1) the agreement follows each
-    forward, so an error in the loss stops the ranks before any backward pass; one in backward or
-    the step is told at the next step's agreement (or the epoch's last). One process raises at
-    once. What cannot be matched: a backward pass that fails on one rank before DDP launched all
-    its allreduces leaves the others waiting in one, until
-    :data:`~pyro_vae.distributed.TIMEOUT`.
+    ``world``: a :class:`~pyro_vae.distributed.World` of several processes runs the loop of
+    :func:`pyro_vae.distributed.run_epochs` instead, each rank its share of every batch.
     """
-    world = world if world is not None else World()
-    device = x_train.device
+    if world is not None and world.size > 1:
+        return world.run_epochs(module, optimizer, batch_loss, test_loss, train, test,
+                         epochs=epochs, batch_size=batch_size, binarize=binarize,
+                         generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
+                         progress=progress, columns=columns, lr_at=lr_at,
+                         check_every=check_every)
+    device = (train["x"] if isinstance(train, dict) else train).device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-    forward = world.wrap(module, batch_loss)  # returns (loss, the error it kept)
-    pending = None  # this rank's failure, not yet told to the others
-    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    steps_per_epoch = math.ceil(batch_size_of(train) / batch_size)
     history = []
-    quiet_pyro = _pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
-    with world.deferring_interrupts(), quiet_pyro:
+    quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
+    with quiet_pyro:
         for epoch in range(start_epoch + 1, epochs + 1):
             module.train()
             extra = columns(epoch) if columns is not None else {}
             t0 = time.perf_counter()
-            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed, this rank
+            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed
             first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
             seen = 0
-            bar = tqdm(world.batches(x_train, batch_size, binarize=binarize, generator=generator),
+            bar = tqdm(batches(train, batch_size, binarize=binarize, generator=generator),
                        total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not (progress and world.is_main), unit="batch")
-            for step, (xb, global_size) in enumerate(bar, 1):
-                check = check_every == 1 or step % check_every == 0 or step == steps_per_epoch
-                loss = None
-                try:  # a failed rank runs the empty share (a zero loss) until the agreement
-                    loss, error = forward(xb if pending is None else xb[:0], epoch,
-                                          first=not history and step == 1)  # summed, (,)
-                    if error is not None:
-                        pending = error
-                    elif pending is None and check_every == 1:
-                        value = loss.item()
-                        if not math.isfinite(value):
-                            pending = NonFiniteLossError(epoch, step, value)
-                    elif pending is None:  # remember the first bad step on the device
-                        bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
-                        first_bad = torch.where(bad, step, first_bad)
-                except Exception as e:  # noqa: BLE001  (handed to the agreement)
-                    if pending is None:
-                        pending = e
-                if pending is None and check_every > 1 and check:
-                    bad_step = int(first_bad.item())  # the one host read of the window
-                    if bad_step:
-                        pending = NonFiniteLossError(epoch, bad_step, float("nan"))
-                # loss None: DDP's own forward failed, with nothing to backpropagate
-                if check or loss is None or (world.size == 1 and pending is not None):
-                    world.agree(pending)  # raises if any rank failed; one process: its error
-                try:
-                    optimizer.zero_grad(set_to_none=True)
-                    # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
-                    (loss * (world.size / global_size)).backward()
-                    if pending is None:
-                        set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-                        optimizer.step()
-                        total += loss.detach()
-                        seen += xb.shape[0]
-                except Exception as e:  # noqa: BLE001  (handed to the next agreement)
-                    if pending is None:
-                        pending = e
-                if world.size == 1 and pending is not None:
-                    world.agree(pending)  # raises it
+                       disable=not progress, unit="batch")
+            for step, batch in enumerate(bar, 1):
+                n = batch_size_of(batch)
+                loss = batch_loss(batch, epoch, first=not history and step == 1)  # summed, (,)
+                if check_every == 1:
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(epoch, step, value)
+                else:  # remember the first bad step on the device; read it at the checks
+                    bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+                    first_bad = torch.where(bad, step, first_bad)
+                    if step % check_every == 0 or step == steps_per_epoch:
+                        bad_step = int(first_bad.item())  # the one host read of the window
+                        if bad_step:
+                            raise NonFiniteLossError(epoch, bad_step, float("nan"))
+                optimizer.zero_grad(set_to_none=True)
+                (loss * (1 / n)).backward()
+                set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
+                optimizer.step()
+                total += loss.detach()
+                seen += n
                 if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
                     bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
             seconds = time.perf_counter() - t0
             module.eval()
-            # the last step's failure, if any, is told here
-            train_loss, test, images = world.epoch_means(pending, total.item(), seen, test_loss,
-                                                         x_test)
-            pending = None
-            row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test, **extra,
-                   "seconds": seconds, "images_per_second": images / seconds}
-            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 reports
-                world.agree(NonFiniteLossError(epoch, "test", row["test_loss"])
-                            if world.is_main else None)
+            row = {"epoch": epoch, "train_loss": total.item() / seen, "test_loss": test_loss(test),
+                   **extra, "seconds": seconds, "images_per_second": seen / seconds}
+            if not math.isfinite(row["test_loss"]):
+                raise NonFiniteLossError(epoch, "test", row["test_loss"])
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
@@ -237,8 +207,10 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
         start_epoch=0, on_epoch=None, progress=True, kl_weight=None, world=None, lr_at=None):
     """Train ``vae`` with ``loss`` (a Pyro ELBO) for epochs ``start_epoch + 1 .. epochs``.
 
-    Each epoch draws a permutation (and, with ``binarize="dynamic"``, fresh binary pixels) from
-    ``generator``. After each epoch ``on_epoch(row)`` is called with a dict: ``epoch``,
+    ``x_train`` and ``x_test`` are images, or dicts of aligned tensors (``"x"`` and e.g.
+    ``"y"``) from which each batch passes ``vae.batch_fields`` to model and guide (see
+    :mod:`pyro_vae.protocol`). Each epoch draws a permutation (and, with
+    ``binarize="dynamic"``, fresh binary pixels) from ``generator``. After each epoch ``on_epoch(row)`` is called with a dict: ``epoch``,
     ``train_loss`` (the objective per image over the epoch's batches: -ELBO, or -IWAE_K for the
     IWAE objective), ``test_loss`` (the same on ``x_test``, with KL weight 1), ``kl_weight``,
     ``seconds`` and ``images_per_second``. Returns the list of rows.
@@ -249,12 +221,13 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
     the run's steps done (see :func:`lr_schedule`); otherwise the optimizer's stays.
 
     Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it
-    (on a GPU, up to :data:`~pyro_vae.distributed.CUDA_CHECK_EVERY` steps after).
+    (on a GPU, up to :data:`CUDA_CHECK_EVERY` steps after).
 
     ``world``: a :class:`~pyro_vae.distributed.World` of several processes trains one job
     with DistributedDataParallel, each process its share of every batch (see
     :mod:`pyro_vae.distributed`); ``generator`` is then this rank's noise.
     """
+    check_model(vae)
     kl_weight = kl_weight or kl_schedule()
 
     def batch_loss(xb, epoch, first):
@@ -262,7 +235,8 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
         # call; after that they cost ~10% of a small MLP's step and find nothing new.
         with pyro.validation_enabled(first):
             # -ELBO_beta, summed; Pyro passes kl_scale on to model and guide
-            return loss.differentiable_loss(vae.model, vae.guide, xb, kl_scale=kl_weight(epoch))
+            return loss.differentiable_loss(vae.model, vae.guide, *model_inputs(vae, xb),
+                                            kl_scale=kl_weight(epoch))
 
     return run_epochs(vae, optimizer, batch_loss, lambda x: evaluate_loss(vae, loss, x),
                       x_train, x_test, epochs=epochs, batch_size=batch_size, binarize=binarize,

@@ -19,19 +19,11 @@ from contextlib import nullcontext
 
 import pyro
 import pyro.poutine as poutine
-import torch
 from torch import nn
 
+from .protocol import CodeViews, mean_of
+
 __all__ = ["VAE", "mean_of"]
-
-
-def mean_of(d, num_samples=100):
-    """The mean of the distribution ``d``, or the average of ``num_samples`` draws where it has
-    no closed form (e.g. a flow)."""
-    try:
-        return d.mean
-    except NotImplementedError:
-        return d.sample((num_samples,)).mean(0)
 
 
 def _scaled(kl_scale):
@@ -39,7 +31,7 @@ def _scaled(kl_scale):
     return poutine.scale(scale=kl_scale) if kl_scale != 1.0 else nullcontext()
 
 
-class VAE(nn.Module):
+class VAE(CodeViews, nn.Module):
     """A VAE with sample sites ``"z"`` (latent) and ``"x"`` (observed) inside ``plate("data")``.
 
     :param encoder: ``encoder(x)`` -> q(z|x), batch shape ``(N,)``, event shape ``(latent_dim,)``.
@@ -69,25 +61,13 @@ class VAE(nn.Module):
             with _scaled(kl_scale):
                 pyro.sample("z", self.encoder(x))
 
-    # Convenience views used by plots and reports; no Pyro machinery needed.
+    # The views of pyro_vae.protocol.CodeViews: the code is z.
 
-    @torch.no_grad()
-    def encode(self, x, num_samples=100):
-        """The posterior mean E_q[z | x], shape ``(N, latent_dim)``; a Monte-Carlo average of
-        ``num_samples`` draws where q has no closed-form mean (e.g. a flow)."""
-        return mean_of(self.encoder(x), num_samples)
+    def code_posterior(self, x, num_samples=100):
+        return self.encoder(x)
 
-    @torch.no_grad()
-    def decode(self, z):
-        """The likelihood's mean E_p[x | z], shape ``(*z.shape[:-1], *image_shape)``."""
-        return self.likelihood(z).mean
+    def code_prior(self):
+        return self.prior()
 
-    @torch.no_grad()
-    def reconstruct(self, x):
-        """The likelihood's mean at the posterior mean: E_p[x | z = E_q[z | x]]."""
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def generate(self, num_samples):
-        """Likelihood means at prior draws z ~ p(z): ``(num_samples, *image_shape)``."""
-        return self.decode(self.prior().sample((num_samples,)))
+    def code_likelihood(self, z):
+        return self.likelihood(z)

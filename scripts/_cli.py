@@ -22,6 +22,7 @@ import threading
 
 import matplotlib
 import pyro
+import torch
 
 from pyro_vae import distributed
 from pyro_vae.build import EARLIER_OPTIONS, fill_earlier
@@ -30,8 +31,8 @@ from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
 from pyro_vae.nets import ACTIVATIONS, NETS
 from pyro_vae.resources import check_model_size
-from pyro_vae.runs import check_run_dir, prepare_run_dir, resolve_device
-from pyro_vae.train import NonFiniteLossError
+from pyro_vae.errors import NonFiniteLossError
+from pyro_vae.runs import check_resume, check_run_dir, prepare_run_dir, resolve_device, write_json
 
 matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
 
@@ -301,6 +302,30 @@ def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None
     model = build(data.image_shape, **options).to(device)
     check_support(model.likelihood, data, cfg.binarize)
     return device, data, model
+
+
+def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
+    """The start of every training run, in the order that matters: join the job (torchrun);
+    ``prepare(cfg, resume, overwrite)`` checks settings, run directory, data and model before
+    anything is written, and builds the model from the seed (rank 0 first: it may download);
+    a checkpoint of another number of processes is refused; the run directory is made (rank
+    0); then the optimizer, and only then the data generator (several ranks re-seed torch per
+    rank, which must come after every rank built the same model); the recorder restores a
+    resumed run's states; config.json is written. Returns ``(world, device, data, model,
+    optimizer, generator, recorder, start_epoch)``."""
+    resume = resume_state is not None
+    world = distributed.start(cfg.device)
+    device, data, model = world.in_turn(lambda: prepare(cfg, resume, overwrite))
+    check_resume(resume_state, cfg.out, world.size)
+    world.on_main(claim_run_dir, cfg, resume, overwrite, files)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    generator = world.generator(cfg.seed, device)
+    config = dataclasses.asdict(cfg)
+    recorder = world.recorder(cfg.out, model, optimizer, config, generator, epochs=cfg.epochs,
+                              loss_label=loss_label)
+    start_epoch = recorder.resume(resume_state) if resume else 0
+    world.on_main(write_json, config, os.path.join(cfg.out, "config.json"))
+    return world, device, data, model, optimizer, generator, recorder, start_epoch
 
 
 def claim_run_dir(cfg, resume, overwrite, files):

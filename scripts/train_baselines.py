@@ -16,7 +16,6 @@ for a DAE noisy / clean / denoised test images.
 
 import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -25,17 +24,17 @@ import torch
 
 from _cli import (
     add_data_args, add_net_args, add_output_args, add_training_args, check_common,
-    claim_run_dir, config_from_args, failed_at, finish_run, interrupted_after_training,
+    config_from_args, failed_at, finish_run, interrupted_after_training,
     interrupted_in_training, make_parser, parse_args, prepare_run, run_main, save_figures,
+    start_run,
 )
-from pyro_vae import distributed
 from pyro_vae.build import AUTOENCODER_OPTIONS, AUTOENCODERS, build_autoencoder
 from pyro_vae.errors import ConfigError, lookup
 from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
-from pyro_vae.runs import RUN_FILES, check_resume, write_json
+from pyro_vae.runs import RUN_FILES, write_json
 from pyro_vae.train import NonFiniteLossError, fit_autoencoder, lr_schedule
 
 PROG = "train_baselines.py"
@@ -165,17 +164,8 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     ``cfg`` describes and write its run directory; returns the summary dict. Settings, run
     directory, data and model are checked before anything is written, as in train_svi.py.
     Under torchrun, one run over its processes (see pyro_vae.distributed)."""
-    world = distributed.start(cfg.device)
-    device, data, ae = world.in_turn(lambda: prepare(cfg, resume_state is not None, overwrite))
-    check_resume(resume_state, cfg.out, world.size)
-    world.on_main(claim_run_dir, cfg, resume_state is not None, overwrite, outputs(cfg))
-
-    optimizer = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    generator = world.generator(cfg.seed, device)
-    recorder = world.recorder(cfg.out, ae, optimizer, dataclasses.asdict(cfg), generator,
-                              epochs=cfg.epochs, loss_label="-log p(x|z)")
-    start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
-    world.on_main(write_json, dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
+    world, device, data, ae, optimizer, generator, recorder, start_epoch = start_run(
+        cfg, resume_state, overwrite, prepare, outputs(cfg), "-log p(x|z)")
     what = f"{cfg.model.upper()}" + (f" with {ae.noise!r}" if ae.noise is not None else "")
     print(f"[{PROG}] {what}; {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
           f"images, device {device}, {sum(p.numel() for p in ae.parameters()):,} parameters")

@@ -12,18 +12,16 @@ figures: training curves, reconstructions, prior samples and the latent space.
 
 import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 
-import torch
 
 from _cli import (
     add_data_args, add_net_args, add_output_args, add_training_args, check_common,
-    check_positive, check_positive_finite, claim_run_dir, config_from_args, failed_at,
+    check_positive, check_positive_finite, config_from_args, failed_at,
     finish_run, interrupted_after_training, interrupted_in_training, make_parser, parse_args,
-    prepare_run, run_main, save_figures,
+    prepare_run, run_main, save_figures, start_run,
 )
 from pyro_vae import distributed
 from pyro_vae.build import STOCHASTIC_LAYERS, VAE_OPTIONS, build_vae
@@ -34,7 +32,7 @@ from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import RUN_FILES, check_resume, write_json
+from pyro_vae.runs import RUN_FILES, write_json
 from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, lr_schedule, make_elbo
 
 PROG = "train_svi.py"
@@ -148,19 +146,9 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     describes and write its run directory; returns the summary dict. Settings, run directory,
     data and model are checked, in that order, before anything is written (a UserError names
     what is wrong). Under torchrun, one run over its processes (see pyro_vae.distributed)."""
-    world = distributed.start(cfg.device)
-    device, data, vae = world.in_turn(lambda: prepare(cfg, resume_state is not None, overwrite))
-    check_resume(resume_state, cfg.out, world.size)
-    world.on_main(claim_run_dir, cfg, resume_state is not None, overwrite, outputs(cfg))
-
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    world, device, data, vae, optimizer, generator, recorder, start_epoch = start_run(
+        cfg, resume_state, overwrite, prepare, outputs(cfg), "-ELBO")
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
-    generator = world.generator(cfg.seed, device)
-    recorder = world.recorder(cfg.out, vae, optimizer, dataclasses.asdict(cfg), generator,
-                              epochs=cfg.epochs, loss_label="-ELBO")
-    start_epoch = recorder.resume(resume_state) if resume_state is not None else 0
-    world.on_main(write_json, dataclasses.asdict(cfg), os.path.join(cfg.out, "config.json"))
-
     print(f"[{PROG}] {data.source}: {len(data.x_train)} train / {len(data.x_test)} test images, "
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
     try:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.data import DataError, batches, binarize_static, load_dataset, read_idx
+from pyro_vae.data import DataError, batches, binarize_static, load_dataset, load_npz, read_idx
 
 
 def write_idx(path, array, gz=True):
@@ -145,3 +145,43 @@ def test_npz_images_are_scaled_shaped_and_labelled(tmp_path):
     data = load_dataset(str(tmp_path / "b.npz"), binarize="none")
     assert data.image_shape == (3, 8, 8) and data.y_test.tolist() == [1, 2, 3]
     assert torch.allclose(data.x_test, torch.from_numpy(rgb).float())
+
+
+def test_batches_of_aligned_tensors_keep_rows_together_and_binarize_images_only():
+    from pyro_vae.data import batches
+
+    x = torch.rand(10, 1, 2, 2)
+    y = torch.arange(10)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain = list(batches(x, 4, binarize="dynamic", generator=g1))
+    fields = list(batches({"x": x, "y": y}, 4, binarize="dynamic", generator=g2))
+    for xb, batch in zip(plain, fields):
+        assert torch.equal(xb, batch["x"])  # the same pixels as images alone: the same stream
+        # each label is its image's: the binarized pixels were drawn from x[y]
+        assert ((batch["x"] == 0) | (x[batch["y"]] > 0)).all()
+    assert sorted(torch.cat([b["y"] for b in fields]).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("labels,match", [
+    (np.array([object()] * 12, dtype=object), "array of Python objects"),
+    (np.arange(12, dtype=np.float32), "dtype float32"),
+    (np.full(12, 10**12), r"labels in \[1000000000000"),
+    (np.full(12, -2), r"labels in \[-2"),
+    (np.arange(11), "must hold 12 labels"),
+])
+def test_bad_labels_in_an_npz_are_one_line_naming_the_array(tmp_path, labels, match):
+    path = tmp_path / "d.npz"
+    with open(path, "wb") as f:  # object arrays need pickling to be written at all
+        np.savez(f, x_train=np.zeros((12, 4, 4), np.uint8), x_test=np.zeros((2, 4, 4), np.uint8),
+                 y_train=labels)
+    with pytest.raises(DataError, match=f"{path}: y_train .*{match}"):
+        load_npz(str(path))
+
+
+def test_absent_labels_are_minus_one_and_classes_are_counted(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.zeros((12, 4, 4), np.uint8), x_test=np.zeros((2, 4, 4), np.uint8),
+             y_train=np.array([-1] * 6 + [0, 1, 2, 3, 4, 6]))
+    data = load_dataset(str(path), binarize="none")
+    assert data.num_classes == 7 and (data.y_test == -1).all()
+    assert set(data.fields("train")) == {"x", "y"}
