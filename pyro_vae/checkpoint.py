@@ -9,6 +9,7 @@ never unpickles arbitrary objects.
 
 import math
 import os
+import zipfile
 
 import torch
 
@@ -108,6 +109,9 @@ def load_checkpoint(path, map_location="cpu", *, check=True, resume=False):
     holds one of the wrong type (``resume``: also what --resume needs)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not one
+        raise CheckpointError(f"{path} is not a readable checkpoint (not the zip archive torch.save "
+                              "writes: empty, truncated or another kind of file)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, wrong format, disallowed pickle content

@@ -20,11 +20,16 @@ _TRAINING_BYTES_PER_PARAMETER = 16
 
 
 def available_memory(device="cpu"):
-    """Bytes the ``device`` can still allocate: CUDA's free memory, or the host's MemAvailable
-    (Linux), else its physical memory."""
+    """Bytes the ``device`` can still allocate: CUDA's free memory; on the host the smaller of
+    MemAvailable (Linux; else the physical memory) and what this process's own limit leaves
+    (``ulimit -v``: RLIMIT_AS less the address space already mapped)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return min(_host_available(), _process_headroom())
+
+
+def _host_available():
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -36,6 +41,27 @@ def available_memory(device="cpu"):
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return math.inf
+
+
+def _process_headroom():
+    """RLIMIT_AS (soft) less this process's mapped address space (VmSize), or inf."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        return math.inf
+    if limit == resource.RLIM_INFINITY or limit < 0:
+        return math.inf
+    used = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return max(limit - used, 0)
 
 
 def format_bytes(n):

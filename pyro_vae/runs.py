@@ -25,9 +25,12 @@ __all__ = [
     "DistributedRecorder",
     "Recorder",
     "check_out",
+    "LOCK_FILE",
     "check_resume",
     "check_run_dir",
+    "lock_run_dir",
     "prepare_run_dir",
+    "release_locks",
     "resolve_device",
     "rng_state",
     "set_rng_state",
@@ -91,6 +94,41 @@ def prepare_run_dir(path, files, overwrite=False):
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise RunError(f"cannot create {path} ({e.strerror or e}); choose another --out") from None
+
+
+LOCK_FILE = ".lock"  # in a run directory: flock-ed by the process writing it
+_held_locks = {}  # path -> the open file whose flock is held, for the life of the process
+
+
+def lock_run_dir(path):
+    """Hold an exclusive ``flock`` on ``path/.lock`` for the life of this process, so that a
+    second process writing the same run (two ``--resume`` at once, an evaluation into a run
+    being trained) is refused in one line. The lock dies with its process, kill -9 included:
+    a killed run can be resumed at once."""
+    import fcntl
+
+    key = os.path.abspath(path)
+    if key in _held_locks:
+        return
+    try:
+        f = open(os.path.join(path, LOCK_FILE), "a")  # noqa: SIM115  (held open on purpose)
+    except OSError as e:
+        raise RunError(f"cannot lock {path} ({e.strerror or e}); choose a writable folder") \
+            from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunError(f"{path} is being written by another process (a training or an "
+                       "evaluation of it is running); wait for it to end, or use another "
+                       "folder") from None
+    _held_locks[key] = f
+
+
+def release_locks():
+    """Release every lock :func:`lock_run_dir` took (a script's end, in this process)."""
+    while _held_locks:
+        _held_locks.popitem()[1].close()
 
 
 def check_resume(state, run_dir, processes):
@@ -201,15 +239,20 @@ class Recorder:
         # claims an epoch that checkpoint_last.pt lacks (a full disk stops the run between).
         self.history.append(row)
         state = self.state(row["epoch"])
+        saved = False  # whether checkpoint_last.pt holds this epoch
         try:
             if row["test_loss"] < self.best:
                 save_checkpoint(state, os.path.join(self.out, "checkpoint_best.pt"))
             save_checkpoint(state, os.path.join(self.out, "checkpoint_last.pt"))
+            saved = True
             write_metrics(self.history, self.out)
         except RunError as e:
-            self.history.pop()
-            raise RunError(f"{e}; checkpoint_last.pt keeps epoch {self.last_epoch}, continue "
-                           f"with --resume {self.out}") from None
+            if not saved:
+                self.history.pop()
+            then = (f"checkpoint_last.pt keeps epoch {self.last_epoch}, continue with --resume "
+                    f"{self.out}" if self.last_epoch else
+                    f"no epoch was saved; start it again with --resume {self.out}")
+            raise RunError(f"{e}; {then}") from None
         self.best = min(self.best, row["test_loss"])
         tqdm.write(f"epoch {row['epoch']:4d}/{self.epochs}  train {self.loss_label} "
                    f"{row['train_loss']:8.2f}  test {self.loss_label} {row['test_loss']:8.2f}  "

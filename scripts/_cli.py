@@ -32,7 +32,11 @@ from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, l
 from pyro_vae.nets import ACTIVATIONS, NETS
 from pyro_vae.resources import check_model_size
 from pyro_vae.errors import NonFiniteLossError
-from pyro_vae.runs import check_resume, check_run_dir, prepare_run_dir, resolve_device, write_json
+from pyro_vae.files import save_figure
+from pyro_vae.runs import (
+    check_resume, check_run_dir, lock_run_dir, prepare_run_dir, release_locks, resolve_device,
+    write_json,
+)
 
 matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
 
@@ -114,8 +118,10 @@ def add_output_args(p, d):
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR up to --epochs (default: its own), or finish "
-                   "what it lacks (evaluation, summary, figures); its other settings come from "
-                   "its checkpoint, and a flag that differs from them is refused")
+                   "what it lacks (evaluation, summary, figures); --device, the evaluation "
+                   "sizes and a lower --lr (after a NaN) may change, recorded in config.json; "
+                   "its other settings come from its checkpoint, and a flag that differs from "
+                   "them is refused")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return g
 
@@ -193,6 +199,13 @@ def parse_args(build_parser, argv):
 
 # Flags --resume takes from the command line; every other setting comes from the run.
 RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
+# Settings that change what happens next but not what was trained: --resume takes them from the
+# command line when given, and records them in config.json.
+CHANGEABLE_ON_RESUME = ("eval_samples", "eval_images")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _differs(name, passed, saved):
@@ -222,9 +235,22 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
                           "stays in its folder; drop --out")
     last = os.path.join(run_dir, "checkpoint_last.pt")
     config_path = os.path.join(run_dir, "config.json")
+    trained = [f for f in ("checkpoint_best.pt", "metrics.json")
+               if os.path.exists(os.path.join(run_dir, f))]
     if os.path.isfile(last) or not os.path.isfile(config_path):
-        state = load_checkpoint(last, resume=True)
+        try:
+            state = load_checkpoint(last, resume=True)
+        except CheckpointError as e:
+            if "checkpoint_best.pt" not in trained or not os.path.isfile(last):
+                raise
+            raise CheckpointError(f"{e}; checkpoint_best.pt is there: to resume from its epoch, "
+                                  f"copy it over {last}") from None
         saved, where = dict(state["config"]), f"{last}: its config"
+    elif trained:  # trained weights or metrics, but no checkpoint_last.pt: files disagree
+        raise CheckpointError(
+            f"{run_dir} holds {trained[0]} but no checkpoint_last.pt, so its files disagree; "
+            "to resume from the best epoch, copy checkpoint_best.pt to checkpoint_last.pt; to "
+            "start again, run without --resume and with --overwrite")
     else:  # stopped before its first epoch: start it again from its config
         state, saved, where = None, _read_config(config_path), config_path
     kind = saved.get("model", "vae")
@@ -239,17 +265,29 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
     check_fields(saved, {k: t for k, t in fields.items()
                          if k not in (*RESUME_SETTINGS, "out") and t in (str, int, float, bool)},
                  where)
+    changed = {}
     for name in sorted(explicit & set(fields) - {*RESUME_SETTINGS, "out"}):
+        lower_lr = name == "lr" and _is_number(args.lr) and 0 < args.lr < saved["lr"]
+        if name in CHANGEABLE_ON_RESUME or lower_lr:  # a lower rate: how a run goes on after
+            if getattr(args, name) != saved[name]:    # a NaN, from its last good epoch
+                changed[name] = getattr(args, name)
+            continue
         if _differs(name, getattr(args, name), saved[name]):
             flag = "--" + name.replace("_", "-")
+            lower = " (a lower --lr is taken: it continues a run after a NaN)" \
+                if name == "lr" else ""
             raise ConfigError(f"{flag} {getattr(args, name)} differs from the run in {run_dir} "
                               f"({name} {saved[name]}); --resume keeps a run's settings: drop "
-                              f"{flag}, or start a new run with another --out")
+                              f"{flag}, or start a new run with another --out{lower}")
     saved = {k: v for k, v in saved.items() if k in fields}
     saved.update(out=run_dir, device=args.device, data_root=args.data_root,
                  download=args.download)
     if "epochs" in explicit:
         saved["epochs"] = args.epochs
+    for name, value in changed.items():
+        print(f"[{script}] --{name.replace('_', '-')} {value} from here on (the run had "
+              f"{saved[name]}); recorded in config.json")
+        saved[name] = value
     cfg = config_cls(**saved)
     if state is None:
         return cfg, None, True
@@ -330,9 +368,11 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
 
 def claim_run_dir(cfg, resume, overwrite, files):
     """Create the run directory, once the data and the model have passed their checks, so that
-    a refused run leaves no folder behind."""
+    a refused run leaves no folder behind, and lock it (:func:`~pyro_vae.runs.lock_run_dir`):
+    a second process writing it is refused before it writes anything."""
     if not resume:
         prepare_run_dir(cfg.out, files, overwrite=overwrite)
+    lock_run_dir(cfg.out)
 
 
 def finish_run(out):
@@ -345,8 +385,10 @@ def finish_run(out):
 def failed_at(error, recorder):
     """Say, on a :class:`NonFiniteLossError`, what the run kept: its last good checkpoint, or
     nothing when no epoch had finished."""
+    lower = f"{recorder.config['lr'] / 10:g}"
     error.saved = (f"the last good checkpoint, checkpoint_last.pt of epoch {recorder.last_epoch}, "
-                   "is kept" if recorder.last_epoch else
+                   f"is kept: continue from it at a lower rate with --resume {recorder.out} "
+                   f"--lr {lower}" if recorder.last_epoch else
                    "no epoch had finished, so no checkpoint was written")
     return error
 
@@ -373,7 +415,7 @@ def check_model_memory(build, cfg, data, device, particles=1):
 def save_figures(figures, out):
     """Write each figure of ``{file name: Figure}`` to ``out`` as a PNG."""
     for name, fig in figures.items():
-        fig.savefig(os.path.join(out, name), dpi=120)
+        save_figure(fig, os.path.join(out, name))
 
 
 def _raise_interrupt(signum, frame):
@@ -418,6 +460,7 @@ def run_main(prog, body, *, processes=False):
         _say(e, f"{prog}: interrupted; files already written are kept")
         return 130
     finally:
+        release_locks()  # (a process that dies releases them too)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return code or 0

@@ -21,14 +21,16 @@ inference_gaps.png to --out (default: the run directory).
 import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
 
 import argparse
+import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import pyro
 
-from _cli import check_seed, make_parser, run_main, save_figures
-from pyro_vae.build import vae_from_checkpoint
+from _cli import MAX_SIZE, check_seed, make_parser, run_main, save_figures
+from pyro_vae.build import fill_earlier, vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dimension
@@ -40,7 +42,8 @@ from pyro_vae.inference_gap import inference_gap
 from pyro_vae.plots import (
     plot_bound_curve, plot_inference_gaps, plot_khat, plot_kl_per_dimension, plot_sandwich,
 )
-from pyro_vae.runs import check_out, prepare_run_dir, resolve_device, write_json
+from pyro_vae.resources import available_memory, format_bytes
+from pyro_vae.runs import check_out, lock_run_dir, prepare_run_dir, resolve_device, write_json
 
 PROG = "evaluate.py"
 
@@ -134,16 +137,100 @@ def _fmt(value, spec=".2f"):
     return "undefined" if value is None else format(value, spec)
 
 
-def run(cfg):
+IMAGE_COUNTS = ("images", "curve_images", "ais_images", "bdmc_images", "gap_images")
+
+
+def check_flags(cfg):
+    """Every number in range before any work: positive sizes (0 skips a part), each at most
+    MAX_SIZE, as the training scripts' are."""
     check_seed(cfg.seed)
-    for name in ("samples", "images", "curve_images", "batch_size", "ais_chains", "leapfrog"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
-                              f"got {getattr(cfg, name)}")
-    for name in ("ais_images", "bdmc_images", "gap_images"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be 0 (skip) or a positive "
-                              f"number of images, got {getattr(cfg, name)}")
+    for name in ("samples", "images", "curve_images", "batch_size", "ais_chains", "leapfrog",
+                 "ais_images", "bdmc_images", "gap_images"):
+        value, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
+        low = 0 if name in ("ais_images", "bdmc_images", "gap_images") else 1
+        if value < low:
+            raise ConfigError(f"{flag} must be {'0 (skip) or ' if low == 0 else ''}a positive "
+                              f"{'number of images' if low == 0 else 'integer'}, got {value}")
+        if value > MAX_SIZE:
+            raise ConfigError(f"{flag} must be at most {MAX_SIZE:,}, got {value}")
+    for flag, values in (("--curve", cfg.curve), ("--ais-steps", cfg.ais_steps)):
+        if values[-1] > MAX_SIZE:
+            raise ConfigError(f"{flag} values must be at most {MAX_SIZE:,}, got {values[-1]}")
+
+
+def clamp_images(cfg, available):
+    """Image counts above the ``available`` test images are cut to it, and said."""
+    for name in IMAGE_COUNTS:
+        if getattr(cfg, name) > available:
+            print(f"[{PROG}] --{name.replace('_', '-')} {getattr(cfg, name)} is more than the "
+                  f"{available} test images: using {available}")
+            setattr(cfg, name, available)
+
+
+def _pair_bytes(train_cfg, pixels):
+    """Bytes one (sample or chain, image) pair holds in a pass with gradients: the activations
+    of the nets (as the training scripts count them), forward and backward."""
+    conv = train_cfg.get("arch") == "conv"
+    per_item = (pixels * (64 if conv else 4) + 4 * train_cfg["hidden_dim"] *
+                train_cfg.get("depth", 1) + 8 * train_cfg["latent_dim"])
+    return 2 * 4 * per_item
+
+
+def check_memory(cfg, train_cfg, pixels, device):
+    """Refuse, in one line naming the flags, a pass that cannot fit in the memory free (the
+    process's own limit included): AIS and BDMC hold chains x images pairs and per-stage
+    diagnostics; the gap split starts from 1000 draws per image, 100 images at a time."""
+    free, pair = available_memory(device), _pair_bytes(train_cfg, pixels)
+    steps = cfg.ais_steps[-1]
+    needs = []
+    if cfg.ais_images or cfg.bdmc_images:
+        images = max(1, 4096 // cfg.ais_chains)  # the images of one AIS pass
+        stages = 8 * (steps + 1) + 3 * 4 * steps * images  # schedule; step sizes, pilot's too
+        needs.append((max(4096, cfg.ais_chains) * pair + stages,
+                      f"--ais-chains {cfg.ais_chains} --ais-steps {steps}"))
+    if cfg.gap_images:
+        needs.append((1000 * min(100, cfg.gap_images) * pair, f"--gap-images {cfg.gap_images}"))
+    needs.append((max(8192, cfg.batch_size) * pair, f"--batch-size {cfg.batch_size}"))
+    for need, flags in needs:
+        if need > free:
+            raise ConfigError(f"{flags} needs about {format_bytes(need)} in one pass, more than "
+                              f"the {format_bytes(free)} free; choose smaller sizes")
+
+
+def estimate_time(cfg, vae, x):
+    """Say, before the work, how many model-and-guide evaluations it takes and about how long,
+    from the time of one evaluation with gradients here. Refuses nothing."""
+    from pyro_vae.annealing import AnnealingTarget, gradient_evaluations
+
+    target = AnnealingTarget(vae.model, vae.guide, x[:4], 64)
+    u = target.initial()
+    target.evaluate(u)  # the first evaluation runs Pyro's checks
+    t0 = time.perf_counter()
+    target.evaluate(u)
+    rate = 64 * len(x[:4]) / max(time.perf_counter() - t0, 1e-9)  # pairs per second
+    work = cfg.images * cfg.samples / 3 + cfg.curve_images * sum(cfg.curve) / 3  # no gradients
+    for steps in cfg.ais_steps:
+        work += cfg.ais_images * gradient_evaluations(steps, cfg.ais_chains, cfg.leapfrog, 4,
+                                                      None)
+        work += cfg.bdmc_images * gradient_evaluations(steps, cfg.ais_chains, cfg.leapfrog, 4,
+                                                       None, passes=2)
+    seconds = work / rate
+    if seconds > 60:
+        print(f"[{PROG}] about {work:,.0f} evaluations of model and guide per pair, about "
+              f"{_duration(seconds)} at {rate:,.0f} per second here"
+              + (" (and the gap split's fits)" if cfg.gap_images else ""))
+    return seconds
+
+
+def _duration(seconds):
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds:.0f} seconds"
+
+
+def run(cfg):
+    check_flags(cfg)
     device = resolve_device(cfg.device)
     path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(path)
@@ -153,7 +240,11 @@ def run(cfg):
     data = load_dataset(train_cfg["dataset"], cfg.data_root, download=cfg.download,
                         binarize=train_cfg["binarize"], device=device)
     vae = vae_from_checkpoint(state, data.image_shape).to(device).eval()
+    clamp_images(cfg, len(data.x_test))
+    check_memory(cfg, fill_earlier(train_cfg), math.prod(data.image_shape), device)
+    estimate_time(cfg, vae, data.x_test)
     prepare_run_dir(out, outputs(cfg), overwrite=cfg.overwrite)
+    lock_run_dir(out)
     pyro.set_rng_seed(cfg.seed)
     x = data.x_test[: cfg.images]
     print(f"[{PROG}] {path} (epoch {state['epoch']}): {len(x)} test images of {data.source}, "
@@ -194,9 +285,10 @@ def run(cfg):
           f"(IWAE, K={cfg.samples}); ELBO {s['elbo_mean']:.2f}")
     print(f"[{PROG}] bound curve: " + ", ".join(
         f"K={k}: {e.mean:.2f}" for k, e in curve.items()))
-    print(f"[{PROG}] Pareto k-hat > {KHAT_THRESHOLD} for {_fmt(s['frac_unreliable'], '.1%')} of "
-          f"images (max {_fmt(s['khat_max'])}; undefined below K = 21); mean ESS "
-          f"{s['ess_mean']:.1f} of {cfg.samples}")
+    khat = (f"Pareto k-hat > {KHAT_THRESHOLD} for {s['frac_unreliable']:.1%} of images (max "
+            f"{_fmt(s['khat_max'])})" if s["frac_unreliable"] is not None else
+            "Pareto k-hat undefined for every image (K < 21, or tied weights)")
+    print(f"[{PROG}] {khat}; mean ESS {s['ess_mean']:.1f} of {cfg.samples}")
     print(f"[{PROG}] active units: {n_active} of {len(activity)}")
     written = ["evaluation.json", *(["kl_per_dimension.png"] if "kl_per_dimension" in result
                                     else []), *figures]
