@@ -15,7 +15,8 @@ log p(z) + beta_t log p(x|z) from the prior. A chain starts at z_1 ~ pi_0; at ea
 The mean weight is an unbiased estimate of p(x), so its log is a stochastic lower bound
 (E[log p_hat] <= log p(x)), and with T = 1 AIS is plain importance sampling from pi_0.
 
-HMC runs on every latent site jointly, in unconstrained space: z = T(u) with
+HMC runs on every continuous latent site jointly (discrete sites marked for enumeration are
+summed out of the densities, :mod:`pyro_vae.annealing`), in unconstrained space: z = T(u) with
 ``T = biject_to(site support)``, so the density on u gains log |det dT/du|; g is a ratio of
 densities on the same z and needs no Jacobian. Gradients come from autograd through the
 replayed model and guide.

@@ -75,11 +75,15 @@ SCHEDULES = {"sigmoid": sigmoid_schedule, "linear": linear_schedule}
 STARTS = ("guide", "prior")  # pi_0: the guide q(z|x), or the model's prior p(z)
 
 
+# torch's constraint of a MixtureSameFamily's support (absent from older torch: nothing matches)
+_MIXTURE_SUPPORT = getattr(constraints, "MixtureSameFamilyConstraint", ())
+
+
 def _unconstraining(support):
     """The bijection from unconstrained space onto ``support``. A mixture's support (torch's
     ``MixtureSameFamilyConstraint``, e.g. of the mixture and VampPrior priors) has none
     registered: it is its components' support, whose bijection serves."""
-    while isinstance(support, constraints.MixtureSameFamilyConstraint):
+    while isinstance(support, _MIXTURE_SUPPORT):
         support = support.base_constraint
     return biject_to(support)
 
@@ -183,9 +187,9 @@ class AnnealingTarget:
         return self.flatten({s: trace.nodes[s]["value"] for s in self.sites}).detach()
 
     def _densities(self, z):
-        """log p(x, z), log p(z) and log q(z|x) ``(C, N)`` at ``z``, as ``start`` needs them
-        (log p(z) for the prior start, log q for the guide start; the other is None), with
-        enumerated sites summed out; without them, log p(x, z) is log p(z) + log p(x | z)."""
+        """What ``evaluate`` needs at ``z``, ``(C, N)`` each, enumerated sites summed out: for
+        the guide start ``(log p(x, z), None, log q(z|x))``, for the prior start ``(None,
+        log p(z), log p(x|z))``."""
         program, start = self.program, self.start
         if not program.enumerated:
             model_trace = self._trace(self.model, z)

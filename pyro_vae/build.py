@@ -13,7 +13,8 @@ from .hierarchical import TwoLayerVAE
 from .likelihoods import LIKELIHOODS
 from .nets import NETS, mlp
 from .noise import make_noise
-from .priors import PRIORS
+from .priors import PRIORS, StandardNormalPrior
+from .semisupervised import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
@@ -21,9 +22,12 @@ __all__ = [
     "AUTOENCODER_OPTIONS",
     "EARLIER_OPTIONS",
     "STOCHASTIC_LAYERS",
+    "VAE_MODELS",
     "VAE_OPTIONS",
     "autoencoder_from_checkpoint",
+    "M2_OPTIONS",
     "build_autoencoder",
+    "build_m2",
     "build_vae",
     "fill_earlier",
     "vae_from_checkpoint",
@@ -33,6 +37,9 @@ __all__ = [
 # The keyword arguments of build_vae: the part of a run's config that fixes the model.
 VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "prior", "likelihood",
                "posterior", "stochastic_layers")
+# The keyword arguments of build_m2.
+M2_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "likelihood",
+              "num_classes", "alpha")
 # The keyword arguments of build_autoencoder.
 AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "depth", "activation",
                        "likelihood", "noise", "noise_level")
@@ -89,6 +96,22 @@ def build_vae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1
     return TwoLayerVAE(encoder, upper, transition, lik, prior_module)
 
 
+def build_m2(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1,
+             activation="silu", likelihood="bernoulli", num_classes=10, alpha=50.0):
+    """The semi-supervised VAE M2 (:class:`~pyro_vae.semisupervised.SemiSupervisedVAE`) on the
+    ``arch`` nets: one encoder net for q(y|x), one for the image's features of q(z|x, y), a
+    decoder net over [z, one-hot y] under the named likelihood, and p(z) = N(0, I)."""
+    enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
+    layers = {"depth": depth, "activation": activation}
+    classifier = enc_net_cls(image_shape, hidden_dim, num_classes, **layers)
+    features = enc_net_cls(image_shape, hidden_dim, hidden_dim, **layers)
+    lik = _likelihood(likelihood, dec_net_cls, latent_dim + num_classes, hidden_dim,
+                      image_shape, layers)
+    return SemiSupervisedVAE(classifier, features, lik, StandardNormalPrior(latent_dim),
+                             num_classes=num_classes, latent_dim=latent_dim,
+                             hidden_dim=hidden_dim, activation=activation, alpha=alpha)
+
+
 def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hidden_dim=400,
                       depth=1, activation="silu", likelihood="bernoulli", noise="gaussian",
                       noise_level=0.5):
@@ -103,6 +126,10 @@ def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hid
     if model == "dae":
         return DenoisingAutoencoder(enc, lik, make_noise(noise, noise_level))
     return Autoencoder(enc, lik)
+
+
+# --model of train_svi.py -> its builder and the config fields that are its keyword arguments
+VAE_MODELS = {"vae": (build_vae, VAE_OPTIONS), "m2": (build_m2, M2_OPTIONS)}
 
 
 def fill_earlier(config, earlier=EARLIER_OPTIONS):
@@ -139,11 +166,13 @@ def vae_from_checkpoint(state, image_shape):
     Raises :class:`~pyro_vae.checkpoint.CheckpointError` naming the mismatch when the weights do
     not fit the model its config describes.
     """
-    if state["config"].get("model", "vae") != "vae":
-        raise CheckpointError(f"the checkpoint holds an autoencoder ({state['config']['model']!r}), "
+    kind = state["config"].get("model", "vae")
+    if kind not in VAE_MODELS:
+        raise CheckpointError(f"the checkpoint holds an autoencoder ({kind!r}), "
                               "not a VAE; use a run of scripts/train_svi.py")
-    options = _options(state["config"], VAE_OPTIONS)
-    return _load_strictly(build_vae(image_shape, **options), state, options)
+    builder, names = VAE_MODELS[kind]
+    options = _options(state["config"], names)
+    return _load_strictly(builder(image_shape, **options), state, options)
 
 
 def autoencoder_from_checkpoint(state, image_shape):

@@ -33,6 +33,7 @@ CONFIG_FIELDS = {
     "vae": {**_SHARED_FIELDS, "prior": str, "posterior": str},
     "ae": {**_SHARED_FIELDS, "model": str},
     "dae": {**_SHARED_FIELDS, "model": str, "noise": str, "noise_level": float},
+    "m2": {**_SHARED_FIELDS, "model": str, "num_classes": int, "alpha": float},
 }
 # fields that must be positive (sizes) or finite and >= 0
 _POSITIVE = ("latent_dim", "hidden_dim")

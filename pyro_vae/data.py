@@ -38,10 +38,12 @@ __all__ = [
     "batches",
     "binarize_static",
     "check_labels",
+    "choose_labelled",
     "is_dataset_file",
     "load_dataset",
     "load_npz",
     "read_idx",
+    "semi_supervised",
 ]
 
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -434,6 +436,34 @@ def load_dataset(name, root="data", *, download=True, binarize="dynamic", device
     if binarize in ("static", "dynamic"):
         x_test = binarize_static(x_test, seed=_STATIC_SEED + 1)
     return ImageData(name, source, x_train, y_train, x_test, y_test).to(device)
+
+
+def choose_labelled(y, labels, num_classes, seed):
+    """Indices ``(labels,)`` of images to keep the labels of, ``labels / num_classes`` of each
+    class, drawn by ``seed``: the labelled set of a semi-supervised run. A
+    :class:`DataError` where a class has fewer images than its share."""
+    gen = torch.Generator().manual_seed(seed)
+    per_class, y = labels // num_classes, y.cpu()
+    chosen = []
+    for c in range(num_classes):
+        idx = torch.nonzero(y == c).squeeze(1)
+        if len(idx) < per_class:
+            raise DataError(f"class {c} has {len(idx)} labelled training images, fewer than "
+                            f"the {per_class} --labels {labels} takes of each class; use fewer")
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(chosen)
+
+
+def semi_supervised(x, y, chosen):
+    """The training fields of a semi-supervised run: every image, labelled (y) at ``chosen``
+    only (-1 elsewhere), and the labelled images repeated so that they are about half of
+    every batch, as Pyro's M2 example alternates labelled and unlabelled batches. Returns
+    ``{"x": (N', ...), "y": (N',)}``."""
+    keep = torch.full_like(y, -1)
+    keep[chosen] = y[chosen]
+    repeat = max(1, (len(y) - len(chosen)) // max(len(chosen), 1) - 1)
+    return {"x": torch.cat([x, x[chosen].repeat((repeat,) + (1,) * (x.dim() - 1))]),
+            "y": torch.cat([keep, y[chosen].repeat(repeat)])}
 
 
 def binarize_static(x, seed):

@@ -37,10 +37,13 @@ def kl_per_dimension(vae, x, batch_size=1000):
     Raises ``NotImplementedError`` when q or p does not factorize over dimensions (e.g. a
     full-covariance posterior or a mixture prior): then no per-dimension KL exists.
     """
+    encoder = getattr(vae, "encoder", None)
+    if encoder is None:  # e.g. M2, whose q(z | x, y) needs a class
+        raise NotImplementedError("the model has no encoder q(z|x) of the image alone")
     prior = _base(vae.prior())
     total = 0.0
     for xb in x.split(batch_size):
-        q = _base(vae.encoder(xb))
+        q = _base(encoder(xb))
         latent_dim = prior.batch_shape[-1:] if prior.event_shape == () else None
         if q.event_shape != () or latent_dim is None or q.batch_shape != (len(xb), *latent_dim):
             raise NotImplementedError("the posterior or prior does not factorize per dimension")

@@ -2,9 +2,9 @@
 
 ``torchrun --nproc_per_node=N scripts/train_svi.py ...`` starts N processes, the *ranks* of one
 job (torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
-gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). Every rank runs the one training
-loop, :func:`pyro_vae.train.run_epochs`, through its :class:`World`; a world of one (no torchrun)
-is one process, whose numbers the World leaves as they are. What a rank does:
+gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). Every rank runs the ranks' loop,
+:func:`run_epochs`, through its :class:`World`; a world of one (no torchrun) is one process,
+which :func:`pyro_vae.train.run_epochs` trains in its plain loop. What a rank does:
 
 - **The loss module.** The loss of a batch, summed over its images, is the forward of a module
   whose parameters are the model's (Pyro's ``svi_lightning.py`` pattern, ``Trace_ELBO()(model,
@@ -69,6 +69,7 @@ from tqdm import tqdm
 from .errors import NonFiniteLossError, RunError, UserError
 from .runs import DistributedRecorder, Recorder, resolve_device
 from .train import CUDA_CHECK_EVERY, batch_size_of, pyro_nan_warnings_off, set_learning_rate
+from .train import run_epochs as train_loop
 
 __all__ = [
     "CUDA_CHECK_EVERY",
@@ -415,7 +416,12 @@ def run_epochs(world, module, optimizer, batch_loss, test_loss, train, test, *, 
     every global batch (:meth:`World.batches`), its loss through DDP (:meth:`World.wrap`)
     scaled by ranks / global batch, the rows summed over ranks (:meth:`World.epoch_means`),
     and an agreement at every check of the loss, where a failure kept on one rank stops all
-    (the module doc, "Stopping together")."""
+    (the module doc, "Stopping together"). A world of one runs the plain loop."""
+    if world.size == 1:
+        return train_loop(module, optimizer, batch_loss, test_loss, train, test, epochs=epochs,
+                          batch_size=batch_size, binarize=binarize, generator=generator,
+                          start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
+                          columns=columns, lr_at=lr_at, check_every=check_every)
     device = (train["x"] if isinstance(train, dict) else train).device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
     forward = world.wrap(module, batch_loss)  # returns (loss, the error it kept)

@@ -15,8 +15,9 @@ w_{kn} = log p(x_n, z_{kn}) - log q(z_{kn} | x_n):
 and IWAE_K -> log p(x_n) as K grows (Burda et al., 2016). Pyro's ``Importance`` and
 ``vectorized_importance_weights`` weight a whole batch jointly; here each image gets its own
 weights. The guide is traced once per chunk of samples under a particle plate to the left of the
-model's plates, the model is replayed against it, and each site's log-prob is summed over every
-dimension but the particle and data dimensions. Chunks are combined with a streaming logsumexp,
+model's plates, the model is replayed against it (or, with discrete sites to sum out, conditioned
+on the guide's draws and enumerated), and each site's log-prob is summed over every dimension but
+the particle and data dimensions. Chunks are combined with a streaming logsumexp,
 so memory does not grow with K.
 
 Diagnostics: the importance-sampling effective sample size
@@ -79,7 +80,7 @@ def log_weights(model, guide, x, num_samples, *args, data_plate="data", max_plat
         program = check_program(model, guide, x, *args, data_plate=data_plate,
                                 max_plate_nesting=max_plate_nesting, method="log_weights",
                                 **kwargs)
-    num_dims = max_plate_nesting + 1
+    num_dims = program.max_plate_nesting + 1
     with pyro.plate(_PARTICLE_PLATE, num_samples, dim=-num_dims):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         if not program.enumerated:  # the common case: one replay, no enumeration
@@ -88,9 +89,9 @@ def log_weights(model, guide, x, num_samples, *args, data_plate="data", max_plat
             w = x.new_zeros(num_samples, x.shape[0])
             for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
                 trace.compute_log_prob()
-                sites = [n for n, site in trace.nodes.items()
-                         if site["type"] == "sample" and not site_is_subsample(site)]
-                w = w + sign * log_density(trace, sites, data_plate, num_dims)
+                for site in trace.nodes.values():  # site by site, in the traces' order
+                    if site["type"] == "sample" and not site_is_subsample(site):
+                        w = w + sign * site_log_prob(site, data_plate, num_dims, enum=False)
             return w
         values = {s: guide_trace.nodes[s]["value"] for s in program.sampled}
         log_p = joint_log_density(model, values, program, x, args, kwargs)

@@ -68,11 +68,11 @@ class InferenceGap:
         return out
 
 
-FAMILIES = ("diagonal", "full")
 # Why the gap split refuses a discrete latent: Cremer et al.'s q* is a Gaussian per image.
 _NO_DISCRETE = ("the best local q* is a Gaussian over continuous sites, and the split of a "
                 "discrete latent's gap has no such family; use log_likelihood and "
-                "ais_log_likelihood for its bounds")  # Gaussian families of the local fit, per latent site
+                "ais_log_likelihood for its bounds")
+FAMILIES = ("diagonal", "full")  # Gaussian families of the local fit, per latent site
 
 
 class LocalGaussianGuide:
@@ -186,9 +186,12 @@ def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=
     image's best parameters.
     """
     lookup(FAMILIES, "family", family)
+    program = check_program(model, guide, x, data_plate=data_plate,
+                            max_plate_nesting=max_plate_nesting, method="fit_local_guide",
+                            **kwargs)
+    program.refuse_discrete("fit_local_guide", _NO_DISCRETE)
     target = AnnealingTarget(model, guide, x, init_samples, "guide", kwargs, data_plate,
-                             max_plate_nesting, method="fit_local_guide")
-    target.program.refuse_discrete("fit_local_guide", _NO_DISCRETE)
+                             max_plate_nesting, program)
     u = target.initial()  # (init_samples, N, D)
     local = LocalGaussianGuide.from_draws(target, u, family, data_plate)
     loss_fn = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
@@ -250,7 +253,7 @@ def inference_gap(model, guide, x, *, family="diagonal", log_px=None, num_steps=
     fitted ``batch_size`` at a time. Returns an :class:`InferenceGap`.
     """
     kw = dict(data_plate=data_plate, max_plate_nesting=max_plate_nesting, **kwargs)
-    check_program(model, guide, x, method="inference_gap", **kw).refuse_discrete(
+    check_program(model, guide, x[:batch_size], method="inference_gap", **kw).refuse_discrete(
         "inference_gap", _NO_DISCRETE)
     if log_px is None:
         log_px = ais_log_likelihood(model, guide, x, num_steps=num_steps,

@@ -81,11 +81,6 @@ class Program:
         """Every site that is summed out, in the model or in both."""
         return self.model_enumerated + self.guide_enumerated
 
-    @property
-    def continuous(self):
-        """The sampled sites that are not discrete: what HMC can move."""
-        return [s for s in self.sampled if s not in self.discrete_sampled]
-
     def refuse_discrete(self, method, why):
         """A :class:`ModelError` for ``method`` if the program has any discrete latent site."""
         discrete = self.enumerated + self.discrete_sampled
@@ -115,6 +110,11 @@ def check_program(model, guide, x, *args, data_plate="data", max_plate_nesting=1
                 f"sample site {name!r} is outside plate {data_plate!r}: {method} gives a "
                 f"log p(x) per image and needs every sample site inside it (pass data_plate= "
                 f"the name of the data plate)")
+        if len(site["fn"].batch_shape) > max_plate_nesting:
+            raise ModelError(f"sample site {name!r} has batch shape "
+                             f"{tuple(site['fn'].batch_shape)}, more dims than "
+                             f"max_plate_nesting={max_plate_nesting}; declare every batch dim "
+                             "with a plate (or use .to_event for event dims)")
         if len(plates) > max_plate_nesting:
             raise ModelError(f"sample site {name!r} is in {len(plates)} plates but "
                              f"max_plate_nesting is {max_plate_nesting}; pass "
@@ -161,6 +161,13 @@ def check_program(model, guide, x, *args, data_plate="data", max_plate_nesting=1
 
 
 def _check_enumerable(name, site, mode, data_plate):
+    if not getattr(site["fn"], "has_enumerate_support", False):
+        raise ModelError(f"site {name!r} is marked for enumeration but its distribution "
+                         f"({type(site['fn']).__name__}) has no finite support to sum over")
+    if "_markov_scope" in site["infer"]:
+        raise ModelError(f"the enumerated site {name!r} is under pyro.markov, which reuses "
+                         "enumeration dims; the estimators sum each site out in a dim of its "
+                         "own: drop pyro.markov")
     if mode != "parallel":
         raise ModelError(f"site {name!r} is marked enumerate={mode!r}; the estimators sum out "
                          "discrete sites in parallel only: mark it 'parallel'")
@@ -171,12 +178,17 @@ def _check_enumerable(name, site, mode, data_plate):
                          "each element of an inner plate")
 
 
-def site_log_prob(site, data_plate, num_dims):
+def site_log_prob(site, data_plate, num_dims, enum=True):
     """A site's log-prob, scaled and masked, summed over every plate dim but the particle dim
     (the leftmost of the ``num_dims`` plate dims) and the data plate's: shape
     ``(*enum, K, N)``, with the site's enumeration dims (left of the plate dims) kept, and
-    size 1 where the site does not vary."""
+    size 1 where the site does not vary. With ``enum=False`` a dim left of the plates is a
+    :class:`ModelError` (a batch dim no plate declares)."""
     lp = site["log_prob"]
+    if not enum and lp.dim() > num_dims:
+        raise ModelError(f"site {site['name']!r} has batch shape {tuple(lp.shape)}, with dims "
+                         f"left of its {num_dims - 1} plate(s) and the particle dim; declare "
+                         "every batch dim with a plate (or raise max_plate_nesting)")
     if lp.dim() < num_dims:
         lp = lp.reshape((1,) * (num_dims - lp.dim()) + lp.shape)
     frames = _plates(site)

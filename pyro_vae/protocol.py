@@ -14,6 +14,10 @@ only ``model`` and ``guide`` works with the estimators as it is, and with ``fit`
 ``reconstruct(x)`` and ``generate(n)`` (decoder means at prior draws), and ``likelihood``,
 the module whose ``check_data`` refuses data outside its support.
 
+**Its own objective** (optional): ``loss(elbo, *fields, kl_scale=1.0)``, the batch's objective
+summed over it, where it is not ``elbo.differentiable_loss(model, guide, *fields)`` (M2 adds a
+classification term and sums its unlabelled images' class out).
+
 :class:`CodeViews` gives those views to a model from three of its parts, so that a new model
 writes its Pyro program and says what its code is, nothing more.
 """

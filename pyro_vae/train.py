@@ -29,9 +29,11 @@ __all__ = [
     "evaluate_loss",
     "fit",
     "fit_autoencoder",
+    "fit_classifier",
     "kl_schedule",
     "lr_schedule",
     "make_elbo",
+    "model_loss",
     "run_epochs",
 ]
 
@@ -61,8 +63,18 @@ def evaluate_loss(vae, loss, x, batch_size=1000):
     for start in range(0, n, batch_size):
         xb = ({k: v[start : start + batch_size] for k, v in x.items()} if isinstance(x, dict)
               else x[start : start + batch_size])
-        total += loss.differentiable_loss(vae.model, vae.guide, *model_inputs(vae, xb)).item()
+        total += model_loss(vae, loss, xb).item()
     return total / n
+
+
+def model_loss(model, loss, batch, **kwargs):
+    """The objective of ``batch``, summed over it: ``model.loss(loss, *fields, **kwargs)`` where
+    the model defines one (M2's labelled and unlabelled parts), else ``loss``'s
+    ``differentiable_loss`` of its model and guide (see :mod:`pyro_vae.protocol`)."""
+    inputs = model_inputs(model, batch)
+    if hasattr(model, "loss"):
+        return model.loss(loss, *inputs, **kwargs)
+    return loss.differentiable_loss(model.model, model.guide, *inputs, **kwargs)
 
 
 def kl_schedule(beta=1.0, warmup_epochs=0):
@@ -125,16 +137,16 @@ def batch_size_of(batch):
     return (batch["x"] if isinstance(batch, dict) else batch).shape[0]
 
 
-def run_epochs(module, optimizer, batch_loss, test_loss, train, test, *, epochs, batch_size,
+def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs, batch_size,
                binarize, generator, start_epoch=0, on_epoch=None, progress=True, columns=None,
                world=None, lr_at=None, check_every=None):
     """The loop of :func:`fit` and :func:`fit_autoencoder`: epochs ``start_epoch + 1 ..
     epochs``, each row passed to ``on_epoch`` and returned in a list.
 
-    ``train`` and ``test`` are the images ``(N, ...)``, or a dict of aligned tensors (``"x"``,
+    ``x_train`` and ``x_test`` are the images ``(N, ...)``, or dicts of aligned tensors (``"x"``,
     the images; ``"y"``, labels, ...; see :func:`pyro_vae.data.batches`), and batches are of
     the same kind. ``batch_loss(batch, epoch, first)`` returns the loss summed over the batch
-    (``first``: the first step of this call); ``test_loss(test)`` the mean loss per image;
+    (``first``: the first step of this call); ``test_loss(x_test)`` the mean loss per image;
     ``columns(epoch)`` extra columns for the epoch's row; ``lr_at(t)`` the learning rate at
     the fraction t of the run's steps (:func:`lr_schedule`). Each step steps on the batch's
     mean loss per image.
@@ -148,14 +160,14 @@ def run_epochs(module, optimizer, batch_loss, test_loss, train, test, *, epochs,
     :func:`pyro_vae.distributed.run_epochs` instead, each rank its share of every batch.
     """
     if world is not None and world.size > 1:
-        return world.run_epochs(module, optimizer, batch_loss, test_loss, train, test,
+        return world.run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test,
                          epochs=epochs, batch_size=batch_size, binarize=binarize,
                          generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
                          progress=progress, columns=columns, lr_at=lr_at,
                          check_every=check_every)
-    device = (train["x"] if isinstance(train, dict) else train).device
+    device = (x_train["x"] if isinstance(x_train, dict) else x_train).device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-    steps_per_epoch = math.ceil(batch_size_of(train) / batch_size)
+    steps_per_epoch = math.ceil(batch_size_of(x_train) / batch_size)
     history = []
     quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
     with quiet_pyro:
@@ -166,7 +178,7 @@ def run_epochs(module, optimizer, batch_loss, test_loss, train, test, *, epochs,
             total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed
             first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
             seen = 0
-            bar = tqdm(batches(train, batch_size, binarize=binarize, generator=generator),
+            bar = tqdm(batches(x_train, batch_size, binarize=binarize, generator=generator),
                        total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
                        disable=not progress, unit="batch")
             for step, batch in enumerate(bar, 1):
@@ -193,7 +205,7 @@ def run_epochs(module, optimizer, batch_loss, test_loss, train, test, *, epochs,
                     bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
             seconds = time.perf_counter() - t0
             module.eval()
-            row = {"epoch": epoch, "train_loss": total.item() / seen, "test_loss": test_loss(test),
+            row = {"epoch": epoch, "train_loss": total.item() / seen, "test_loss": test_loss(x_test),
                    **extra, "seconds": seconds, "images_per_second": seen / seconds}
             if not math.isfinite(row["test_loss"]):
                 raise NonFiniteLossError(epoch, "test", row["test_loss"])
@@ -235,8 +247,7 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
         # call; after that they cost ~10% of a small MLP's step and find nothing new.
         with pyro.validation_enabled(first):
             # -ELBO_beta, summed; Pyro passes kl_scale on to model and guide
-            return loss.differentiable_loss(vae.model, vae.guide, *model_inputs(vae, xb),
-                                            kl_scale=kl_weight(epoch))
+            return model_loss(vae, loss, xb, kl_scale=kl_weight(epoch))
 
     return run_epochs(vae, optimizer, batch_loss, lambda x: evaluate_loss(vae, loss, x),
                       x_train, x_test, epochs=epochs, batch_size=batch_size, binarize=binarize,
@@ -271,3 +282,35 @@ def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binar
         lambda x: evaluate_autoencoder(ae, x), x_train, x_test, epochs=epochs,
         batch_size=batch_size, binarize=binarize, generator=generator, start_epoch=start_epoch,
         on_epoch=on_epoch, progress=progress, world=world, lr_at=lr_at)
+
+
+def fit_classifier(net, x, y, *, lr, generator, batch_size=100, holdout=0.2, patience=20,
+                   max_epochs=2000):
+    """The supervised baseline of a semi-supervised run, by a recipe fixed in advance: ``net``
+    (images -> class logits) trained with Adam at ``lr`` on cross-entropy over the labelled
+    images ``x``, ``y`` alone, less a held-out ``holdout`` of them (drawn by ``generator``),
+    until the held-out accuracy has not risen for ``patience`` epochs (or ``max_epochs``).
+    Returns ``(net at its best held-out accuracy, epochs trained)``."""
+    perm = torch.randperm(len(y), generator=generator, device=y.device)
+    cut = max(1, int(round(holdout * len(y))))
+    val, fit_idx = perm[:cut], perm[cut:]
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    best, best_state, stale, epoch = -1.0, None, 0, 0
+    while stale < patience and epoch < max_epochs:
+        epoch += 1
+        net.train()
+        for idx in fit_idx[torch.randperm(len(fit_idx), generator=generator,
+                                          device=y.device)].split(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            accuracy = (net(x[val]).argmax(-1) == y[val]).float().mean().item()
+        if accuracy > best:
+            best, stale = accuracy, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += 1
+    net.load_state_dict(best_state)
+    return net, epoch

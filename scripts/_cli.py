@@ -197,6 +197,8 @@ def parse_args(build_parser, argv):
     return args, {k for k, v in vars(bare.parse_args(argv)).items() if v is not unset}
 
 
+# What a train_svi.py run from before --model was: a VAE.
+BEFORE_MODELS = {"model": "vae", "labels": 0, "alpha": 50.0, "num_classes": 0}
 # Flags --resume takes from the command line; every other setting comes from the run.
 RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
 # Settings that change what happens next but not what was trained: --resume takes them from the
@@ -224,7 +226,8 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
     ``outputs(cfg)`` (stopped during its evaluation) is finished; a run stopped before its first
     epoch (a config.json and no checkpoint) is started again in place."""
     if not args.resume:
-        cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+        cfg = config_cls(**{f.name: getattr(args, f.name, f.default)  # (num_classes: no flag)
+                            for f in dataclasses.fields(config_cls)})
         return cfg, None, args.overwrite
     run_dir = args.resume
     if "overwrite" in explicit:
@@ -261,6 +264,9 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
     earlier = {k: v for k, v in {**EARLIER_OPTIONS, "lr_cooldown": 0.0}.items()
                if k in {f.name for f in dataclasses.fields(config_cls)}}
     saved = fill_earlier(saved, earlier)
+    # a run from before --model (a VAE) lacks these alike
+    saved = fill_earlier(saved, {k: v for k, v in BEFORE_MODELS.items()
+                                 if k in {f.name for f in dataclasses.fields(config_cls)}})
     fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
     check_fields(saved, {k: t for k, t in fields.items()
                          if k not in (*RESUME_SETTINGS, "out") and t in (str, int, float, bool)},
@@ -326,15 +332,19 @@ def start(cfg, resume, overwrite, files):
     pyro.set_rng_seed(cfg.seed)
 
 
-def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None, particles=1):
+def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None, particles=1,
+                check_data=None):
     """A training run's checks after its settings', before anything is written: the run
-    directory, the data, the model's size, the data's support. ``build(image_shape,
-    **options)`` makes the model; it is counted on the meta device with ``meta_options``
-    (default: ``options``). Returns ``(device, data, model)``."""
+    directory, the data (and ``check_data(data)``, the model's own checks of them), the
+    model's size, the data's support. ``build(image_shape, **options)`` makes the model; it is
+    counted on the meta device with ``meta_options`` (default: ``options``). Returns
+    ``(device, data, model)``."""
     start(cfg, resume, overwrite, files)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
+    if check_data is not None:
+        check_data(data)
     check_model_memory(lambda: build(data.image_shape, **(meta_options or options)), cfg, data,
                        device, particles)
     model = build(data.image_shape, **options).to(device)

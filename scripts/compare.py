@@ -24,15 +24,15 @@ import torch
 import train_baselines
 import train_svi
 from _cli import (
-    add_data_args, add_net_args, add_training_args, check_common, check_positive, make_parser,
-    run_main, save_figures,
+    Interrupted, add_data_args, add_net_args, add_training_args, check_common, check_positive,
+    make_parser, run_main, save_figures,
 )
 from pyro_vae.autoencoders import fit_code_distribution
 from pyro_vae.build import EARLIER_OPTIONS, autoencoder_from_checkpoint, vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.classifier import score_samples, train_classifier
 from pyro_vae.data import load_dataset
-from pyro_vae.errors import ConfigError, RunError, lookup
+from pyro_vae.errors import ConfigError, NonFiniteLossError, RunError, lookup
 from pyro_vae.files import atomic_write
 from pyro_vae.latents import batched, class_pairs, interpolate
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -190,7 +190,14 @@ def train_missing(cfg, progress, overwrite):
         if getattr(cfg, m):
             continue
         print(f"[{PROG}] training the {m.upper()} into {runs[m]}", flush=True)
-        script.run(sub_config(cfg, m), progress=progress, overwrite=overwrite)
+        then = (f"(with {script.PROG}); then give the run to {PROG} with --{m} {runs[m]}")
+        try:
+            script.run(sub_config(cfg, m), progress=progress, overwrite=overwrite)
+        except (RunError, Interrupted) as e:  # their "--resume" is the training script's
+            raise type(e)(f"{e} {then}") from None
+        except NonFiniteLossError as e:
+            e.saved = f"{e.saved} {then}"
+            raise
     return runs
 
 

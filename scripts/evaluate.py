@@ -39,6 +39,7 @@ from pyro_vae.ais import ais_log_likelihood
 from pyro_vae.bdmc import bdmc
 from pyro_vae.estimators import KHAT_THRESHOLD, bound_curve, log_likelihood
 from pyro_vae.inference_gap import inference_gap
+from pyro_vae.program import check_program
 from pyro_vae.plots import (
     plot_bound_curve, plot_inference_gaps, plot_khat, plot_kl_per_dimension, plot_sandwich,
 )
@@ -263,6 +264,9 @@ def run(cfg):
         "active_units": n_active, "active_threshold": ACTIVE_THRESHOLD,
         "activity": activity.tolist(),
     }
+    if hasattr(vae, "accuracy"):  # M2: its classifier q(y|x) on the labelled test images
+        result["test_accuracy"] = vae.accuracy(data.x_test, data.y_test)
+        print(f"[{PROG}] test accuracy of q(y|x): {result['test_accuracy']:.3f}")
     try:
         kl = kl_per_dimension(vae, x)
         result["kl_per_dimension"] = kl.tolist()
@@ -329,7 +333,12 @@ def sandwich(vae, x_test, cfg, curve, curve_x, figures, family):
         out["bdmc"] = {str(t): r.summary() for t, r in runs.items()}
     if ais or runs:
         figures["sandwich.png"] = plot_sandwich(curve if ais else None, ais, runs)
-    if cfg.gap_images:
+    discrete = check_program(vae.model, vae.guide, x_test[:2])
+    if cfg.gap_images and (discrete.enumerated or discrete.discrete_sampled):
+        print(f"[{PROG}] no inference-gap split: the model has the discrete latent "
+              f"{(discrete.enumerated + discrete.discrete_sampled)[0]!r}, and the split's best "
+              "local q* is a Gaussian over continuous sites")
+    elif cfg.gap_images:
         x = x_test[: cfg.gap_images]
         known = ais[longest].per_image[: len(x)] if len(x) <= cfg.ais_images else None
         gap = inference_gap(vae.model, vae.guide, x, family=family, log_px=known,

@@ -3,11 +3,14 @@
     python scripts/train_svi.py                       # MLP VAE on MNIST, ~1 minute on 2 CPU cores
     python scripts/train_svi.py --arch conv --epochs 20 --out runs/conv
     python scripts/train_svi.py --resume runs/svi --epochs 150
+    python scripts/train_svi.py --model m2 --labels 100 --out runs/m2   # semi-supervised
     torchrun --standalone --nproc_per_node=4 scripts/train_svi.py   # one run over 4 processes
 
 The run directory (--out) receives config.json, metrics.csv / metrics.json (one row per epoch),
 checkpoint_last.pt / checkpoint_best.pt, summary.json (the test log-likelihood estimate) and PNG
-figures: training curves, reconstructions, prior samples and the latent space.
+figures: training curves, reconstructions, prior samples and the latent space; with --model m2
+also test_accuracy and baseline_accuracy in summary.json, accuracy.png (per epoch, against the
+baseline) and class_styles.png (the styles of test digits drawn as every class).
 """
 
 import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
@@ -15,6 +18,8 @@ import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during
 import os
 import sys
 from dataclasses import dataclass
+
+import torch
 
 
 from _cli import (
@@ -24,19 +29,29 @@ from _cli import (
     prepare_run, run_main, save_figures, start_run,
 )
 from pyro_vae import distributed
-from pyro_vae.build import STOCHASTIC_LAYERS, VAE_OPTIONS, build_vae
+from pyro_vae.build import (
+    M2_OPTIONS, STOCHASTIC_LAYERS, VAE_MODELS, VAE_OPTIONS, build_m2, build_vae,
+)
+from pyro_vae.data import choose_labelled, semi_supervised
 from pyro_vae.encoders import ENCODERS
-from pyro_vae.errors import ConfigError, lookup
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, lookup
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
 from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import RUN_FILES, write_json
-from pyro_vae.train import ELBOS, NonFiniteLossError, fit, kl_schedule, lr_schedule, make_elbo
+from pyro_vae.train import (
+    ELBOS, NonFiniteLossError, fit, fit_classifier, kl_schedule, lr_schedule, make_elbo,
+)
 
 PROG = "train_svi.py"
 FIGURES = ("elbo_curves.png", "reconstructions.png", "prior_samples.png", "latent_space.png")
+M2_FIGURES = ("accuracy.png", "class_styles.png")
+MODELS = tuple(VAE_MODELS)  # --model: vae (pyro_vae.vae), m2 (pyro_vae.semisupervised)
+# what M2 takes of the VAE's settings; the others must stay at their defaults
+M2_DEFAULTS = {"stochastic_layers": 1, "prior": "normal", "posterior": "diagonal",
+               "elbo": "trace", "num_particles": 1}
 
 
 @dataclass
@@ -67,6 +82,10 @@ class Config:
     out: str = "runs/svi"  # the run directory
     eval_samples: int = 1000  # importance samples per image for the final test log p(x)
     eval_images: int = 1000  # test images in the final estimate (a prefix of the test set)
+    model: str = "vae"  # vae | m2 (the semi-supervised VAE of Kingma et al. 2014)
+    labels: int = 0  # m2: labelled training images, balanced over the classes (0: 100)
+    alpha: float = 50.0  # m2: weight of -log q(y|x) on each labelled image
+    num_classes: int = 0  # m2: classes in the data (set from the labels)
 
 
 def build_parser():
@@ -88,6 +107,16 @@ def build_parser():
     g.add_argument("--kl-warmup", type=int, default=d.kl_warmup,
                    help="epochs of linear KL warm-up from 0 to --beta (default: %(default)s)")
     add_training_args(g, d)
+    g = p.add_argument_group("semi-supervised (--model m2)")
+    g.add_argument("--model", default=d.model,
+                   help=f"{', '.join(MODELS)}: m2 is p(y) p(z) p(x|y,z) with y enumerated for "
+                   "unlabelled images (default: %(default)s)")
+    g.add_argument("--labels", type=int, default=d.labels,
+                   help="labelled training images, a multiple of the classes, balanced over "
+                   "them and chosen by --seed; the rest unlabelled (default: 100)")
+    g.add_argument("--alpha", type=float, default=d.alpha,
+                   help="weight of -log q(y|x) on labelled images, Kingma et al.'s alpha "
+                   "(default: %(default)s)")
     g = add_output_args(p, d)
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="importance samples per test image for log p(x) (default: %(default)s)")
@@ -109,11 +138,25 @@ def check_config(cfg):
     if isinstance(cfg.kl_warmup, bool) or not isinstance(cfg.kl_warmup, int) or cfg.kl_warmup < 0:
         raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
                           f"got {cfg.kl_warmup}")
+    lookup(MODELS, "--model", cfg.model)
+    if cfg.model != "m2":
+        if cfg.labels:
+            raise ConfigError("--labels is for the semi-supervised --model m2")
+        return
+    if cfg.labels == 0:
+        cfg.labels = 100
+    check_positive(cfg, ("labels",))
+    check_positive_finite(cfg, ("alpha",))
+    for name, value in M2_DEFAULTS.items():
+        if getattr(cfg, name) != value:
+            raise ConfigError(f"--model m2 takes --{name.replace('_', '-')} {value} only "
+                              f"(got {getattr(cfg, name)}): its q(z|x,y) is diagonal, p(z) "
+                              "standard normal, one layer, and y is summed out by TraceEnum_ELBO")
 
 
 def outputs(cfg):
     """Every file the run writes in ``cfg.out``."""
-    return RUN_FILES + FIGURES
+    return RUN_FILES + FIGURES + (M2_FIGURES if cfg.model == "m2" else ())
 
 
 def figures(vae, data, history):
@@ -129,10 +172,31 @@ def figures(vae, data, history):
     )))
 
 
+def check_labels_for(cfg, data):
+    """M2's checks of the data's labels, before any training: labels there, and enough of each
+    class for ``--labels``. Sets ``cfg.num_classes``."""
+    labelled = int((data.y_train >= 0).sum())
+    if not labelled:
+        raise DataError(f"{cfg.dataset} has no labels (y_train); --model m2 needs some")
+    c = data.num_classes
+    if cfg.num_classes not in (0, c):
+        raise CheckpointError(f"the run has {cfg.num_classes} classes but the data {c}")
+    cfg.num_classes = c
+    if cfg.labels % c or cfg.labels > labelled:
+        raise ConfigError(f"--labels {cfg.labels} must be a multiple of the {c} classes and at "
+                          f"most the {labelled} labelled training images")
+    choose_labelled(data.y_train, cfg.labels, c, cfg.seed)  # a class too small: DataError
+
+
 def prepare(cfg, resume=False, overwrite=False):
     """Every check of a run, before anything is written: settings, run directory, data, the
     model's size, the data's support. Returns ``(device, data, vae)``; raises a UserError."""
     check_config(cfg)
+    if cfg.model == "m2":
+        options = {k: getattr(cfg, k) for k in M2_OPTIONS if k != "num_classes"}
+        build = lambda shape, **o: build_m2(shape, **o, num_classes=cfg.num_classes)  # noqa
+        return prepare_run(cfg, resume, overwrite, outputs(cfg), build, options,
+                           check_data=lambda data: check_labels_for(cfg, data))
     options = {k: getattr(cfg, k) for k in VAE_OPTIONS}
     # flows cannot be built on the meta device; their few parameters are left out of the count
     meta = {**options, "prior": "normal" if cfg.prior == "flow" else cfg.prior,
@@ -147,14 +211,18 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     data and model are checked, in that order, before anything is written (a UserError names
     what is wrong). Under torchrun, one run over its processes (see pyro_vae.distributed)."""
     world, device, data, vae, optimizer, generator, recorder, start_epoch = start_run(
-        cfg, resume_state, overwrite, prepare, outputs(cfg), "-ELBO")
+        cfg, resume_state, overwrite, prepare, outputs(cfg),
+        "-ELBO" if cfg.model == "vae" else "loss")  # M2's: -ELBO + alpha x cross-entropy
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
     print(f"[{PROG}] {data.source}: {len(data.x_train)} train / {len(data.x_test)} test images, "
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
+    train, test, on_epoch = data.x_train, data.x_test, recorder
+    if cfg.model == "m2":
+        train, test, on_epoch = semi_supervised_data(cfg, data, vae, recorder)
     try:
-        fit(vae, loss, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
+        fit(vae, loss, optimizer, train, test, epochs=cfg.epochs,
             batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
-            start_epoch=start_epoch, on_epoch=recorder, progress=progress,
+            start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
             kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup), world=world,
             lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
     except KeyboardInterrupt:
@@ -169,6 +237,58 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     if world.is_main:
         finish_run(cfg.out)
     return summary
+
+
+def semi_supervised_data(cfg, data, m2, recorder):
+    """M2's training fields (the chosen labels kept, the labelled images repeated to about half
+    of every batch), its test fields (no labels: the test loss is -U(x), a bound on -log p(x)),
+    and the recorder given each epoch's test accuracy."""
+    chosen = choose_labelled(data.y_train, cfg.labels, cfg.num_classes, cfg.seed)
+    train = semi_supervised(data.x_train, data.y_train, chosen)
+    test = {"x": data.x_test, "y": torch.full_like(data.y_test, -1)}
+    print(f"[{PROG}] M2: {cfg.labels} labelled training images ({cfg.labels // cfg.num_classes} "
+          f"per class), {len(data.y_train) - cfg.labels} unlabelled; the labelled repeated to "
+          f"{len(train['y']) - len(data.y_train) + cfg.labels} of the {len(train['y'])} rows "
+          "of an epoch")
+
+    def on_epoch(row):
+        recorder({**row, "test_accuracy": m2.accuracy(data.x_test, data.y_test)})
+
+    return train, test, on_epoch
+
+
+def label_baseline(cfg, data, device):
+    """The supervised baseline (pyro_vae.train.fit_classifier): M2's classifier net, fresh,
+    trained with the same optimizer on the labelled images alone. Returns its test accuracy."""
+    chosen = choose_labelled(data.y_train, cfg.labels, cfg.num_classes, cfg.seed)
+    net = build_m2(data.image_shape, **{k: getattr(cfg, k) for k in M2_OPTIONS}).classifier
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    x = data.x_train[chosen]
+    if cfg.binarize == "dynamic":  # the same kind of pixels as M2 saw
+        x = torch.bernoulli(x, generator=generator)
+    net, epochs = fit_classifier(net.to(device), x, data.y_train[chosen], lr=cfg.lr,
+                                 generator=generator)
+    with torch.no_grad():
+        right = sum(int((net(xb).argmax(-1) == yb).sum())
+                    for xb, yb in zip(data.x_test.split(1000), data.y_test.split(1000)))
+    return right / len(data.y_test), epochs
+
+
+def m2_figures(m2, data, history, baseline):
+    x = data.x_test[:8]
+    classes = torch.arange(m2.num_classes, device=x.device)
+    y = m2.classify(x).probs.argmax(-1)
+    z = m2.style_posterior(x, y).mean  # (8, latent): each test digit's style
+    rows = [torch.cat([x[i:i + 1], m2.decode_class(z[i].expand(len(classes), -1), classes)])
+            for i in range(len(x))]
+    accuracy = plot_curves(history, keys=("test_accuracy",), ylabel="test accuracy",
+                           title="M2's classifier q(y|x) on the test digits")
+    accuracy.axes[0].axhline(baseline, color="k", linestyle="--",
+                             label=f"the classifier net on the labels alone ({baseline:.3f})")
+    accuracy.axes[0].legend()
+    styles = plot_image_rows(rows, [f"digit {i + 1}" for i in range(len(x))],
+                             "Test digits (left) and their style z drawn as every class 0..9")
+    return dict(zip(M2_FIGURES, (accuracy, styles)))
 
 
 def evaluate_and_draw(cfg, vae, data, history, world=None):
@@ -188,15 +308,24 @@ def evaluate_and_draw(cfg, vae, data, history, world=None):
         return None
     summary = {f"test_loglik_{k}": v for k, v in est.summary().items()}
     summary.update(epochs=len(history), dataset_source=data.source)
+    drawn = figures(vae, data, history)
+    if cfg.model == "m2":
+        baseline, epochs = label_baseline(cfg, data, data.x_test.device)
+        summary.update(test_accuracy=vae.accuracy(data.x_test, data.y_test),
+                       baseline_accuracy=baseline, baseline_epochs=epochs, labels=cfg.labels)
+        print(f"[{PROG}] test accuracy of q(y|x): {summary['test_accuracy']:.3f} with "
+              f"{cfg.labels} labels; the classifier net trained on those labels alone: "
+              f"{baseline:.3f}")
+        drawn.update(m2_figures(vae, data, history, baseline))
     write_json(summary, os.path.join(cfg.out, "summary.json"))
-    save_figures(figures(vae, data, history), cfg.out)
+    save_figures(drawn, cfg.out)
     unreliable = summary["test_loglik_frac_unreliable"]
     print(f"[{PROG}] test log p(x) >= {est.mean:.2f} +- {est.stderr:.2f} nats per image "
           f"(IWAE, K={cfg.eval_samples}); ELBO {summary['test_loglik_elbo_mean']:.2f}; "
           + (f"{unreliable:.1%} of images with Pareto k-hat > {KHAT_THRESHOLD}"
              if unreliable is not None else "Pareto k-hat undefined (K < 21)"))
     print(f"[{PROG}] wrote {cfg.out}/: config.json metrics.csv metrics.json summary.json "
-          f"checkpoint_last.pt checkpoint_best.pt {' '.join(FIGURES)}")
+          f"checkpoint_last.pt checkpoint_best.pt {' '.join(drawn)}")
     return summary
 
 
@@ -204,7 +333,7 @@ def main(argv=None):
     args, explicit = parse_args(build_parser, argv)
 
     def body():
-        cfg, resume_state, overwrite = config_from_args(Config, args, explicit, ("vae",), PROG,
+        cfg, resume_state, overwrite = config_from_args(Config, args, explicit, MODELS, PROG,
                                                         outputs)
         run(cfg, resume_state, progress=not args.quiet, overwrite=overwrite)
 

@@ -251,3 +251,19 @@ def test_a_second_writer_of_a_run_is_refused(capsys, tmp_path, vae_run):
     lock_run_dir(str(run))  # at once
     release_locks()
     assert (run / LOCK_FILE).exists()
+
+
+def test_a_failure_inside_compare_names_the_training_script(capsys, monkeypatch, tmp_path, npz):
+    import train_baselines
+    import train_svi
+
+    def full(cfg, **kwargs):
+        raise RunError(f"cannot write {cfg.out}/checkpoint_last.pt (No space left on device); "
+                       f"no epoch was saved; start it again with --resume {cfg.out}")
+
+    monkeypatch.setattr(train_svi, "run", full)
+    monkeypatch.setattr(train_baselines, "run", full)
+    capsys.readouterr()
+    assert call("compare", *TINY, "--dataset", npz, "--out", tmp_path / "report") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--resume" in err and ".py); then give the run to compare.py with --" in err
