@@ -29,7 +29,6 @@ __all__ = [
     "evaluate_loss",
     "fit",
     "fit_autoencoder",
-    "fit_classifier",
     "kl_schedule",
     "lr_schedule",
     "make_elbo",
@@ -283,34 +282,3 @@ def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binar
         batch_size=batch_size, binarize=binarize, generator=generator, start_epoch=start_epoch,
         on_epoch=on_epoch, progress=progress, world=world, lr_at=lr_at)
 
-
-def fit_classifier(net, x, y, *, lr, generator, batch_size=100, holdout=0.2, patience=20,
-                   max_epochs=2000):
-    """The supervised baseline of a semi-supervised run, by a recipe fixed in advance: ``net``
-    (images -> class logits) trained with Adam at ``lr`` on cross-entropy over the labelled
-    images ``x``, ``y`` alone, less a held-out ``holdout`` of them (drawn by ``generator``),
-    until the held-out accuracy has not risen for ``patience`` epochs (or ``max_epochs``).
-    Returns ``(net at its best held-out accuracy, epochs trained)``."""
-    perm = torch.randperm(len(y), generator=generator, device=y.device)
-    cut = max(1, int(round(holdout * len(y))))
-    val, fit_idx = perm[:cut], perm[cut:]
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    best, best_state, stale, epoch = -1.0, None, 0, 0
-    while stale < patience and epoch < max_epochs:
-        epoch += 1
-        net.train()
-        for idx in fit_idx[torch.randperm(len(fit_idx), generator=generator,
-                                          device=y.device)].split(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            optimizer.step()
-        net.eval()
-        with torch.no_grad():
-            accuracy = (net(x[val]).argmax(-1) == y[val]).float().mean().item()
-        if accuracy > best:
-            best, stale = accuracy, 0
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            stale += 1
-    net.load_state_dict(best_state)
-    return net, epoch

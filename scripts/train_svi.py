@@ -32,6 +32,7 @@ from pyro_vae import distributed
 from pyro_vae.build import (
     M2_OPTIONS, STOCHASTIC_LAYERS, VAE_MODELS, VAE_OPTIONS, build_m2, build_vae,
 )
+from pyro_vae.classifier import fit_classifier
 from pyro_vae.data import choose_labelled, semi_supervised
 from pyro_vae.encoders import ENCODERS
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, lookup
@@ -42,7 +43,7 @@ from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_l
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import RUN_FILES, write_json
 from pyro_vae.train import (
-    ELBOS, NonFiniteLossError, fit, fit_classifier, kl_schedule, lr_schedule, make_elbo,
+    ELBOS, NonFiniteLossError, fit, kl_schedule, lr_schedule, make_elbo,
 )
 
 PROG = "train_svi.py"
