@@ -352,11 +352,9 @@ def check_labels(y, n, where):
     if y.dtype == object:
         raise DataError(f"{where} is an array of Python objects; save integer class indices "
                         "(np.int64), -1 where an image has no label")
-    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{where} has dtype {y.dtype}; labels must be integer class indices "
-                        "(np.int64), -1 where an image has no label")
-    if y.shape != (n,):
-        raise DataError(f"{where} has shape {y.shape}; it must hold {n} labels, one per image")
+    if y.shape != (n,) or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where} must be {n} integer labels, one per image (class indices, "
+                        f"-1 where an image has no label); got {y.dtype} of shape {y.shape}")
     if y.size and (y.min() < -1 or y.max() >= MAX_CLASSES):
         raise DataError(f"{where} holds labels in [{y.min()}, {y.max()}]; labels are class "
                         f"indices 0..C-1 with C at most {MAX_CLASSES}, or -1 for no label")

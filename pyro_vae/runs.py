@@ -25,7 +25,6 @@ __all__ = [
     "DistributedRecorder",
     "Recorder",
     "check_out",
-    "LOCK_FILE",
     "check_resume",
     "check_run_dir",
     "lock_run_dir",
@@ -96,39 +95,37 @@ def prepare_run_dir(path, files, overwrite=False):
         raise RunError(f"cannot create {path} ({e.strerror or e}); choose another --out") from None
 
 
-LOCK_FILE = ".lock"  # in a run directory: flock-ed by the process writing it
-_held_locks = {}  # path -> the open file whose flock is held, for the life of the process
+_held_locks = {}  # path -> the open descriptor of the folder whose flock is held
 
 
 def lock_run_dir(path):
-    """Hold an exclusive ``flock`` on ``path/.lock`` for the life of this process, so that a
-    second process writing the same run (two ``--resume`` at once, an evaluation into a run
-    being trained) is refused in one line. The lock dies with its process, kill -9 included:
-    a killed run can be resumed at once."""
+    """Hold an exclusive ``flock`` on the folder ``path`` itself (no file is added to it) for
+    the life of this process, so that a second process writing the same run (two ``--resume``
+    at once, an evaluation into a run being trained) is refused in one line. The lock dies with
+    its process, kill -9 included: a killed run can be resumed at once."""
     import fcntl
 
     key = os.path.abspath(path)
     if key in _held_locks:
         return
     try:
-        f = open(os.path.join(path, LOCK_FILE), "a")  # noqa: SIM115  (held open on purpose)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as e:
-        raise RunError(f"cannot lock {path} ({e.strerror or e}); choose a writable folder") \
-            from None
+        raise RunError(f"cannot lock {path} ({e.strerror or e}); choose another folder") from None
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.close()
+        os.close(fd)
         raise RunError(f"{path} is being written by another process (a training or an "
                        "evaluation of it is running); wait for it to end, or use another "
                        "folder") from None
-    _held_locks[key] = f
+    _held_locks[key] = fd
 
 
 def release_locks():
     """Release every lock :func:`lock_run_dir` took (a script's end, in this process)."""
     while _held_locks:
-        _held_locks.popitem()[1].close()
+        os.close(_held_locks.popitem()[1])
 
 
 def check_resume(state, run_dir, processes):

@@ -171,13 +171,13 @@ def report_data(dataset, binarize, cfg, device):
     unlabelled = int((grey.y_train < 0).sum())
     if unlabelled == len(grey.y_train):
         raise RunError(f"{dataset} has no labels (y_train); the scoring classifier needs them")
-    if unlabelled or bool((grey.y_test < 0).any()):
-        raise RunError(f"{dataset} has images without a label (-1 in y_train or y_test); the "
-                       "scoring classifier needs a label for every image")
     if len(grey.x_test) < MIN_TEST_IMAGES:
         raise RunError(f"{dataset} has {len(grey.x_test)} test images; the report needs at least "
                        f"{MIN_TEST_IMAGES} (half of them are the reference of its Frechet "
                        "distance)")
+    if unlabelled or bool((grey.y_test < 0).any()):
+        raise RunError(f"{dataset} has images without a label (-1 in y_train or y_test); the "
+                       "scoring classifier needs a label for every image")
     return data, grey
 
 

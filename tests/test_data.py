@@ -164,10 +164,10 @@ def test_batches_of_aligned_tensors_keep_rows_together_and_binarize_images_only(
 
 @pytest.mark.parametrize("labels,match", [
     (np.array([object()] * 12, dtype=object), "array of Python objects"),
-    (np.arange(12, dtype=np.float32), "dtype float32"),
+    (np.arange(12, dtype=np.float32), r"got float32 of shape \(12,\)"),
     (np.full(12, 10**12), r"labels in \[1000000000000"),
     (np.full(12, -2), r"labels in \[-2"),
-    (np.arange(11), "must hold 12 labels"),
+    (np.arange(11), "must be 12 integer labels, one per image"),
 ])
 def test_bad_labels_in_an_npz_are_one_line_naming_the_array(tmp_path, labels, match):
     path = tmp_path / "d.npz"
