@@ -7,6 +7,7 @@ differ only in what sits on top of the nets.
 """
 
 from .autoencoders import Autoencoder, DenoisingAutoencoder
+from .conditional import CompletionNet, ConditionalVAE, quadrant_mask
 from .encoders import ENCODERS, DiagonalNormalEncoder
 from .errors import CheckpointError, ConfigError, lookup
 from .hierarchical import TwoLayerVAE
@@ -20,6 +21,7 @@ from .vae import VAE
 __all__ = [
     "AUTOENCODERS",
     "AUTOENCODER_OPTIONS",
+    "CVAE_OPTIONS",
     "EARLIER_OPTIONS",
     "STOCHASTIC_LAYERS",
     "VAE_MODELS",
@@ -27,6 +29,8 @@ __all__ = [
     "autoencoder_from_checkpoint",
     "M2_OPTIONS",
     "build_autoencoder",
+    "build_completion_net",
+    "build_cvae",
     "build_m2",
     "build_vae",
     "fill_earlier",
@@ -40,6 +44,9 @@ VAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "prior
 # The keyword arguments of build_m2.
 M2_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "likelihood",
               "num_classes", "alpha")
+# The keyword arguments of build_cvae (and build_completion_net).
+CVAE_OPTIONS = ("arch", "latent_dim", "hidden_dim", "depth", "activation", "likelihood",
+                "observed_quadrants")
 # The keyword arguments of build_autoencoder.
 AUTOENCODER_OPTIONS = ("model", "arch", "latent_dim", "hidden_dim", "depth", "activation",
                        "likelihood", "noise", "noise_level")
@@ -112,6 +119,31 @@ def build_m2(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1,
                              hidden_dim=hidden_dim, activation=activation, alpha=alpha)
 
 
+def build_cvae(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1,
+               activation="silu", likelihood="bernoulli", observed_quadrants=1):
+    """The conditional VAE of image completion (:class:`~pyro_vae.conditional.ConditionalVAE`)
+    on the ``arch`` nets: diagonal Gaussians p(z | x_o) and q(z | x) on encoder nets, the named
+    likelihood on a decoder net, the first ``observed_quadrants`` quadrants observed."""
+    enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
+    layers = {"depth": depth, "activation": activation}
+    gaussian = lambda: DiagonalNormalEncoder(  # noqa: E731
+        enc_net_cls(image_shape, hidden_dim, 2 * latent_dim, **layers), latent_dim)
+    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape, layers)
+    return ConditionalVAE(gaussian(), gaussian(), lik,
+                          quadrant_mask(tuple(image_shape), observed_quadrants))
+
+
+def build_completion_net(image_shape, *, arch="mlp", latent_dim=50, hidden_dim=400, depth=1,
+                         activation="silu", likelihood="bernoulli", observed_quadrants=1):
+    """The CVAE's deterministic counterpart (:class:`~pyro_vae.conditional.CompletionNet`):
+    an encoder net to a code of ``latent_dim`` and the likelihood head, as an autoencoder's."""
+    enc_net_cls, dec_net_cls = lookup(NETS, "architecture", arch)
+    layers = {"depth": depth, "activation": activation}
+    lik = _likelihood(likelihood, dec_net_cls, latent_dim, hidden_dim, image_shape, layers)
+    return CompletionNet(enc_net_cls(image_shape, hidden_dim, latent_dim, **layers), lik,
+                         quadrant_mask(tuple(image_shape), observed_quadrants))
+
+
 def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hidden_dim=400,
                       depth=1, activation="silu", likelihood="bernoulli", noise="gaussian",
                       noise_level=0.5):
@@ -129,7 +161,8 @@ def build_autoencoder(image_shape, *, model="ae", arch="mlp", latent_dim=50, hid
 
 
 # --model of train_svi.py -> its builder and the config fields that are its keyword arguments
-VAE_MODELS = {"vae": (build_vae, VAE_OPTIONS), "m2": (build_m2, M2_OPTIONS)}
+VAE_MODELS = {"vae": (build_vae, VAE_OPTIONS), "m2": (build_m2, M2_OPTIONS),
+              "cvae": (build_cvae, CVAE_OPTIONS)}
 
 
 def fill_earlier(config, earlier=EARLIER_OPTIONS):

@@ -34,6 +34,7 @@ CONFIG_FIELDS = {
     "ae": {**_SHARED_FIELDS, "model": str},
     "dae": {**_SHARED_FIELDS, "model": str, "noise": str, "noise_level": float},
     "m2": {**_SHARED_FIELDS, "model": str, "num_classes": int, "alpha": float},
+    "cvae": {**_SHARED_FIELDS, "model": str, "observed_quadrants": int},
 }
 # fields that must be positive (sizes) or finite and >= 0
 _POSITIVE = ("latent_dim", "hidden_dim")

@@ -37,10 +37,12 @@ def kl_per_dimension(vae, x, batch_size=1000):
     Raises ``NotImplementedError`` when q or p does not factorize over dimensions (e.g. a
     full-covariance posterior or a mixture prior): then no per-dimension KL exists.
     """
-    encoder = getattr(vae, "encoder", None)
+    encoder, prior = getattr(vae, "encoder", None), getattr(vae, "prior", None)
     if encoder is None:  # e.g. M2, whose q(z | x, y) needs a class
         raise NotImplementedError("the model has no encoder q(z|x) of the image alone")
-    prior = _base(vae.prior())
+    if prior is None:  # e.g. the CVAE, whose p(z | x_obs) depends on the image
+        raise NotImplementedError("the model's prior is conditional, not one p(z)")
+    prior = _base(prior())
     total = 0.0
     for xb in x.split(batch_size):
         q = _base(encoder(xb))

@@ -198,7 +198,8 @@ def parse_args(build_parser, argv):
 
 
 # What a train_svi.py run from before --model was: a VAE.
-BEFORE_MODELS = {"model": "vae", "labels": 0, "alpha": 50.0, "num_classes": 0}
+BEFORE_MODELS = {"model": "vae", "labels": 0, "alpha": 50.0, "num_classes": 0,
+                 "observed_quadrants": 0}
 # Flags --resume takes from the command line; every other setting comes from the run.
 RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
 # Settings that change what happens next but not what was trained: --resume takes them from the

@@ -21,6 +21,7 @@ inference_gaps.png to --out (default: the run directory).
 import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -280,12 +281,16 @@ def run(cfg):
     }
     # q* of the gap split in the encoder's family where the local fit has it, else diagonal
     family = "full" if train_cfg.get("posterior") == "full" else "diagonal"
-    result.update(sandwich(vae, data.x_test, cfg, curve, x[: cfg.curve_images], figures, family))
+    result.update(sandwich(vae, data.x_test, cfg, curve, x[: cfg.curve_images], figures, family,
+                           _quantity(train_cfg)))
+    result["quantity"] = _quantity(train_cfg)
+    if train_cfg.get("model") == "cvae" and "ais" in result:
+        compare_completion_net(result, os.path.dirname(os.path.abspath(path)))
     write_json(result, os.path.join(out, "evaluation.json"))
     save_figures(figures, out)
 
     s = result["loglik"]
-    print(f"[{PROG}] log p(x) >= {s['mean']:.2f} +- {_fmt(s['stderr'])} nats per image "
+    print(f"[{PROG}] {_quantity(train_cfg)} >= {s['mean']:.2f} +- {_fmt(s['stderr'])} nats per image "
           f"(IWAE, K={cfg.samples}); ELBO {s['elbo_mean']:.2f}")
     print(f"[{PROG}] bound curve: " + ", ".join(
         f"K={k}: {e.mean:.2f}" for k, e in curve.items()))
@@ -300,7 +305,31 @@ def run(cfg):
     return result
 
 
-def sandwich(vae, x_test, cfg, curve, curve_x, figures, family):
+def compare_completion_net(result, run_dir):
+    """For a CVAE run: the deterministic network's log p(x_miss | x_obs) (from the run's
+    summary.json) on the very test images AIS saw, beside AIS's."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            baseline = json.load(f).get("baseline_loglik_per_image") or []
+    except (OSError, ValueError):
+        return
+    n = len(result["ais"]["per_image"])
+    if len(baseline) < n:
+        return
+    mean = sum(baseline[:n]) / n
+    longest = max(result["ais"]["by_steps"], key=int)
+    ais = result["ais"]["by_steps"][longest]["mean"]
+    result["ais"]["completion_net_mean"] = mean
+    print(f"[{PROG}] on those {n} test images, log p(x_miss | x_obs): CVAE by AIS {ais:.2f}, "
+          f"the deterministic network {mean:.2f} (difference {ais - mean:.2f} nats)")
+
+
+def _quantity(train_cfg):
+    """What the estimators estimate per image, in words: a CVAE's is conditional."""
+    return "log p(x_miss | x_obs)" if train_cfg.get("model") == "cvae" else "log p(x)"
+
+
+def sandwich(vae, x_test, cfg, curve, curve_x, figures, family, what="log p(x)"):
     """AIS on test images at each of ``cfg.ais_steps``, BDMC on simulated images, and the gap
     split; prints a line for each, adds the figures, returns the results' JSON sections."""
     kw = dict(num_chains=cfg.ais_chains, num_leapfrog=cfg.leapfrog, progress=True)
@@ -311,7 +340,7 @@ def sandwich(vae, x_test, cfg, curve, curve_x, figures, family):
         for steps in cfg.ais_steps:
             ais[steps] = ais_log_likelihood(vae.model, vae.guide, x, num_steps=steps, **kw)
             print(f"[{PROG}] AIS, {steps} steps x {cfg.ais_chains} chains x {cfg.leapfrog} "
-                  f"leapfrog on {len(x)} test images: log p(x) >= {ais[steps].mean:.2f} +- "
+                  f"leapfrog on {len(x)} test images: {what} >= {ais[steps].mean:.2f} +- "
                   f"{ais[steps].stderr:.2f} ({ais[steps].evaluations:,} gradient evaluations "
                   f"per image; acceptance {ais[steps].acceptance.mean():.2f})")
         if len(curve_x) != len(x):  # the IWAE curve on the very images AIS saw
@@ -328,7 +357,7 @@ def sandwich(vae, x_test, cfg, curve, curve_x, figures, family):
                                **kw)
             s = runs[steps].summary()
             print(f"[{PROG}] BDMC, {steps} steps on {cfg.bdmc_images} simulated images: "
-                  f"{s['lower_mean']:.2f} <= log p(x) <= {s['upper_mean']:.2f} (gap "
+                  f"{s['lower_mean']:.2f} <= {what} <= {s['upper_mean']:.2f} (gap "
                   f"{s['gap_mean']:.2f} +- {s['gap_stderr']:.2f} nats)")
         out["bdmc"] = {str(t): r.summary() for t, r in runs.items()}
     if ais or runs:
@@ -347,7 +376,7 @@ def sandwich(vae, x_test, cfg, curve, curve_x, figures, family):
         figures["inference_gaps.png"] = plot_inference_gaps(
             gap, title=f"Where the ELBO loses, on {len(x)} test images")
         s = gap.summary()
-        print(f"[{PROG}] on {len(x)} test images, q* {family} Gaussian: log p(x) (AIS, "
+        print(f"[{PROG}] on {len(x)} test images, q* {family} Gaussian: {what} (AIS, "
               f"{longest} steps) "
               f"{s['log_px']:.2f} = ELBO {s['elbo_amortized']:.2f} + approximation gap "
               f"{s['approximation_gap']:.2f} + amortization gap {s['amortization_gap']:.2f}")

@@ -4,13 +4,16 @@
     python scripts/train_svi.py --arch conv --epochs 20 --out runs/conv
     python scripts/train_svi.py --resume runs/svi --epochs 150
     python scripts/train_svi.py --model m2 --labels 100 --out runs/m2   # semi-supervised
+    python scripts/train_svi.py --model cvae --observed-quadrants 1 --out runs/cvae
     torchrun --standalone --nproc_per_node=4 scripts/train_svi.py   # one run over 4 processes
 
 The run directory (--out) receives config.json, metrics.csv / metrics.json (one row per epoch),
 checkpoint_last.pt / checkpoint_best.pt, summary.json (the test log-likelihood estimate) and PNG
 figures: training curves, reconstructions, prior samples and the latent space; with --model m2
 also test_accuracy and baseline_accuracy in summary.json, accuracy.png (per epoch, against the
-baseline) and class_styles.png (the styles of test digits drawn as every class).
+baseline) and class_styles.png (the styles of test digits drawn as every class); with --model
+cvae, test log p(x_miss | x_obs) against the deterministic network's in summary.json and
+completions.png in place of prior_samples.png.
 """
 
 import _startup  # noqa: F401  (first: a quiet Ctrl-C and writable caches during the imports)
@@ -30,7 +33,8 @@ from _cli import (
 )
 from pyro_vae import distributed
 from pyro_vae.build import (
-    M2_OPTIONS, STOCHASTIC_LAYERS, VAE_MODELS, VAE_OPTIONS, build_m2, build_vae,
+    CVAE_OPTIONS, M2_OPTIONS, STOCHASTIC_LAYERS, VAE_MODELS, VAE_OPTIONS, build_completion_net,
+    build_cvae, build_m2, build_vae,
 )
 from pyro_vae.classifier import fit_classifier
 from pyro_vae.data import choose_labelled, semi_supervised
@@ -43,16 +47,22 @@ from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_l
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import RUN_FILES, write_json
 from pyro_vae.train import (
-    ELBOS, NonFiniteLossError, fit, kl_schedule, lr_schedule, make_elbo,
+    ELBOS, NonFiniteLossError, fit, fit_autoencoder, kl_schedule, lr_schedule, make_elbo,
 )
 
 PROG = "train_svi.py"
 FIGURES = ("elbo_curves.png", "reconstructions.png", "prior_samples.png", "latent_space.png")
 M2_FIGURES = ("accuracy.png", "class_styles.png")
-MODELS = tuple(VAE_MODELS)  # --model: vae (pyro_vae.vae), m2 (pyro_vae.semisupervised)
-# what M2 takes of the VAE's settings; the others must stay at their defaults
-M2_DEFAULTS = {"stochastic_layers": 1, "prior": "normal", "posterior": "diagonal",
-               "elbo": "trace", "num_particles": 1}
+CVAE_FIGURES = ("elbo_curves.png", "reconstructions.png", "completions.png", "latent_space.png")
+# --model: vae (pyro_vae.vae), m2 (pyro_vae.semisupervised), cvae (pyro_vae.conditional)
+MODELS = tuple(VAE_MODELS)
+# what M2 and the CVAE take of the VAE's settings; the others must stay at their defaults
+FIXED = {"m2": {"stochastic_layers": 1, "prior": "normal", "posterior": "diagonal",
+                "elbo": "trace", "num_particles": 1},
+         "cvae": {"stochastic_layers": 1, "prior": "normal", "posterior": "diagonal"}}
+WHY_FIXED = {"m2": "its q(z|x,y) is diagonal, p(z) standard normal, one layer, and y is summed "
+                   "out by TraceEnum_ELBO",
+             "cvae": "its p(z|x_obs) and q(z|x) are diagonal Gaussian networks, one layer"}
 
 
 @dataclass
@@ -87,6 +97,7 @@ class Config:
     labels: int = 0  # m2: labelled training images, balanced over the classes (0: 100)
     alpha: float = 50.0  # m2: weight of -log q(y|x) on each labelled image
     num_classes: int = 0  # m2: classes in the data (set from the labels)
+    observed_quadrants: int = 0  # cvae: quadrants observed, 1 to 3 (0: 1)
 
 
 def build_parser():
@@ -108,7 +119,7 @@ def build_parser():
     g.add_argument("--kl-warmup", type=int, default=d.kl_warmup,
                    help="epochs of linear KL warm-up from 0 to --beta (default: %(default)s)")
     add_training_args(g, d)
-    g = p.add_argument_group("semi-supervised (--model m2)")
+    g = p.add_argument_group("structured models (--model m2, --model cvae)")
     g.add_argument("--model", default=d.model,
                    help=f"{', '.join(MODELS)}: m2 is p(y) p(z) p(x|y,z) with y enumerated for "
                    "unlabelled images (default: %(default)s)")
@@ -118,6 +129,9 @@ def build_parser():
     g.add_argument("--alpha", type=float, default=d.alpha,
                    help="weight of -log q(y|x) on labelled images, Kingma et al.'s alpha "
                    "(default: %(default)s)")
+    g.add_argument("--observed-quadrants", type=int, default=d.observed_quadrants,
+                   help="--model cvae: quadrants observed (top-left, then top-right, then "
+                   "bottom-left), 1 to 3; the rest is completed (default: 1)")
     g = add_output_args(p, d)
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="importance samples per test image for log p(x) (default: %(default)s)")
@@ -140,23 +154,29 @@ def check_config(cfg):
         raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
                           f"got {cfg.kl_warmup}")
     lookup(MODELS, "--model", cfg.model)
-    if cfg.model != "m2":
-        if cfg.labels:
-            raise ConfigError("--labels is for the semi-supervised --model m2")
-        return
-    if cfg.labels == 0:
-        cfg.labels = 100
-    check_positive(cfg, ("labels",))
-    check_positive_finite(cfg, ("alpha",))
-    for name, value in M2_DEFAULTS.items():
+    if cfg.model != "m2" and cfg.labels:
+        raise ConfigError("--labels is for the semi-supervised --model m2")
+    if cfg.model != "cvae" and cfg.observed_quadrants:
+        raise ConfigError("--observed-quadrants is for the conditional --model cvae")
+    for name, value in FIXED.get(cfg.model, {}).items():
         if getattr(cfg, name) != value:
-            raise ConfigError(f"--model m2 takes --{name.replace('_', '-')} {value} only "
-                              f"(got {getattr(cfg, name)}): its q(z|x,y) is diagonal, p(z) "
-                              "standard normal, one layer, and y is summed out by TraceEnum_ELBO")
+            raise ConfigError(f"--model {cfg.model} takes --{name.replace('_', '-')} {value} "
+                              f"only (got {getattr(cfg, name)}): {WHY_FIXED[cfg.model]}")
+    if cfg.model == "m2":
+        cfg.labels = cfg.labels or 100
+        check_positive(cfg, ("labels",))
+        check_positive_finite(cfg, ("alpha",))
+    if cfg.model == "cvae":
+        cfg.observed_quadrants = cfg.observed_quadrants or 1
+        if cfg.observed_quadrants not in (1, 2, 3):
+            raise ConfigError(f"--observed-quadrants must be 1, 2 or 3 (0 would hide "
+                              f"everything, 4 nothing), got {cfg.observed_quadrants}")
 
 
 def outputs(cfg):
     """Every file the run writes in ``cfg.out``."""
+    if cfg.model == "cvae":
+        return RUN_FILES + CVAE_FIGURES
     return RUN_FILES + FIGURES + (M2_FIGURES if cfg.model == "m2" else ())
 
 
@@ -193,6 +213,10 @@ def prepare(cfg, resume=False, overwrite=False):
     """Every check of a run, before anything is written: settings, run directory, data, the
     model's size, the data's support. Returns ``(device, data, vae)``; raises a UserError."""
     check_config(cfg)
+    if cfg.model == "cvae":
+        options = {k: getattr(cfg, k) for k in CVAE_OPTIONS}
+        return prepare_run(cfg, resume, overwrite, outputs(cfg), build_cvae, options,
+                           particles=cfg.num_particles)
     if cfg.model == "m2":
         options = {k: getattr(cfg, k) for k in M2_OPTIONS if k != "num_classes"}
         build = lambda shape, **o: build_m2(shape, **o, num_classes=cfg.num_classes)  # noqa
@@ -213,7 +237,7 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     what is wrong). Under torchrun, one run over its processes (see pyro_vae.distributed)."""
     world, device, data, vae, optimizer, generator, recorder, start_epoch = start_run(
         cfg, resume_state, overwrite, prepare, outputs(cfg),
-        "-ELBO" if cfg.model == "vae" else "loss")  # M2's: -ELBO + alpha x cross-entropy
+        "loss" if cfg.model == "m2" else "-ELBO")  # M2's: -ELBO + alpha x cross-entropy
     loss = make_elbo(cfg.elbo, cfg.num_particles, vae.max_plate_nesting)
     print(f"[{PROG}] {data.source}: {len(data.x_train)} train / {len(data.x_test)} test images, "
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
@@ -292,6 +316,40 @@ def m2_figures(m2, data, history, baseline):
     return dict(zip(M2_FIGURES, (accuracy, styles)))
 
 
+def completion_baseline(cfg, data, device, x_eval):
+    """The CVAE's deterministic counterpart (pyro_vae.conditional.CompletionNet), trained by the
+    autoencoders' loop for as many epochs on the same data. Returns it and its per-image
+    log p(x_miss | x_obs) on ``x_eval``."""
+    net = build_completion_net(data.image_shape,
+                               **{k: getattr(cfg, k) for k in CVAE_OPTIONS}).to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    print(f"[{PROG}] training the deterministic completion network ({cfg.epochs} epochs) ...")
+    fit_autoencoder(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), data.x_train,
+                    data.x_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                    binarize=cfg.binarize, generator=generator, progress=False,
+                    lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
+    net.eval()
+    with torch.no_grad():
+        per_image = torch.cat([net(xb).log_prob(xb) for xb in x_eval.split(1000)])
+    return net, per_image.cpu()
+
+
+def cvae_figures(cvae, net, data, history):
+    x = data.x_test[:10]
+    shown = torch.where(cvae.observed, x, torch.full_like(x, 0.5))  # the hidden part grey
+    rows = [shown, x, net.complete(x), *cvae.complete(x, 3)]
+    return dict(zip(CVAE_FIGURES, (
+        plot_curves(history, ylabel="-ELBO of the missing part (nats per image)"),
+        plot_image_rows([x, cvae.reconstruct(x)], ["test image", "reconstruction"],
+                        "Test images and their reconstructions through q(z|x)"),
+        plot_image_rows(rows, ["observed", "truth", "network", "CVAE draw 1", "CVAE draw 2",
+                               "CVAE draw 3"],
+                        "Completions: the network's guess; CVAE draws z ~ p(z | x_obs)"),
+        plot_latents(batched(cvae.encode, data.x_test), data.y_test,
+                     "Posterior means E[z|x] of test images"),
+    )))
+
+
 def evaluate_and_draw(cfg, vae, data, history, world=None):
     """What a run does once trained: the test log p(x), summary.json, the figures. With a
     ``world`` of several processes, each estimates log p(x) on its share of the images and rank
@@ -309,7 +367,16 @@ def evaluate_and_draw(cfg, vae, data, history, world=None):
         return None
     summary = {f"test_loglik_{k}": v for k, v in est.summary().items()}
     summary.update(epochs=len(history), dataset_source=data.source)
-    drawn = figures(vae, data, history)
+    drawn = figures(vae, data, history) if cfg.model != "cvae" else {}
+    if cfg.model == "cvae":
+        net, base = completion_baseline(cfg, data, data.x_test.device, x_eval)
+        summary.update(conditional="log p(x_miss | x_obs)",
+                       observed_quadrants=cfg.observed_quadrants,
+                       baseline_loglik_mean=base.mean().item(),
+                       baseline_loglik_per_image=base.tolist())
+        print(f"[{PROG}] test log p(x_miss | x_obs) of the deterministic network: "
+              f"{base.mean():.2f}; the CVAE's IWAE bound on it below")
+        drawn.update(cvae_figures(vae, net, data, history))
     if cfg.model == "m2":
         baseline, epochs = label_baseline(cfg, data, data.x_test.device)
         summary.update(test_accuracy=vae.accuracy(data.x_test, data.y_test),
@@ -321,7 +388,8 @@ def evaluate_and_draw(cfg, vae, data, history, world=None):
     write_json(summary, os.path.join(cfg.out, "summary.json"))
     save_figures(drawn, cfg.out)
     unreliable = summary["test_loglik_frac_unreliable"]
-    print(f"[{PROG}] test log p(x) >= {est.mean:.2f} +- {est.stderr:.2f} nats per image "
+    what = "log p(x_miss | x_obs)" if cfg.model == "cvae" else "log p(x)"
+    print(f"[{PROG}] test {what} >= {est.mean:.2f} +- {est.stderr:.2f} nats per image "
           f"(IWAE, K={cfg.eval_samples}); ELBO {summary['test_loglik_elbo_mean']:.2f}; "
           + (f"{unreliable:.1%} of images with Pareto k-hat > {KHAT_THRESHOLD}"
              if unreliable is not None else "Pareto k-hat undefined (K < 21)"))
