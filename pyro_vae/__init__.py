@@ -15,11 +15,21 @@ from .autoencoders import Autoencoder, DenoisingAutoencoder, fit_code_distributi
 from .build import (
     autoencoder_from_checkpoint,
     build_autoencoder,
+    build_completion_net,
+    build_cvae,
+    build_m2,
     build_vae,
     vae_from_checkpoint,
 )
+from .conditional import CompletionNet, ConditionalVAE, MaskedPixels
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .classifier import DigitClassifier, frechet_distance, score_samples, train_classifier
+from .classifier import (
+    DigitClassifier,
+    fit_classifier,
+    frechet_distance,
+    score_samples,
+    train_classifier,
+)
 from .data import (
     BINARIZATIONS,
     DATASETS,
@@ -76,6 +86,7 @@ from .train import (
     make_elbo,
 )
 from .hierarchical import TwoLayerVAE
+from .semisupervised import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
@@ -84,6 +95,14 @@ __all__ = [
     "TwoLayerVAE",
     "CodeViews",
     "check_model",
+    # structured models: semi-supervised (M2) and conditional (image completion)
+    "SemiSupervisedVAE",
+    "build_m2",
+    "ConditionalVAE",
+    "CompletionNet",
+    "MaskedPixels",
+    "build_cvae",
+    "build_completion_net",
     "build_vae",
     "vae_from_checkpoint",
     # the baselines, on the same nets
@@ -180,6 +199,7 @@ __all__ = [
     # scoring generated images
     "DigitClassifier",
     "train_classifier",
+    "fit_classifier",
     "score_samples",
     "frechet_distance",
 ]

@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 from conftest import ROOT
 
 NOTEBOOKS = ["conv_autoencoder_mnist.ipynb", "denoising_autoencoder.ipynb", "marginal_likelihood.ipynb",
-             "swap_priors_and_likelihoods.ipynb"]
+             "swap_priors_and_likelihoods.ipynb", "structured_vaes.ipynb"]
 FOLDER = os.path.join(ROOT, "notebooks")
 
 
