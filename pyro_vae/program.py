@@ -110,15 +110,15 @@ def check_program(model, guide, x, *args, data_plate="data", max_plate_nesting=1
                 f"sample site {name!r} is outside plate {data_plate!r}: {method} gives a "
                 f"log p(x) per image and needs every sample site inside it (pass data_plate= "
                 f"the name of the data plate)")
+        if len(plates) > max_plate_nesting:
+            raise ModelError(f"sample site {name!r} is in {len(plates)} plates but "
+                             f"max_plate_nesting is {max_plate_nesting}; pass "
+                             f"max_plate_nesting={len(plates)}")
         if len(site["fn"].batch_shape) > max_plate_nesting:
             raise ModelError(f"sample site {name!r} has batch shape "
                              f"{tuple(site['fn'].batch_shape)}, more dims than "
                              f"max_plate_nesting={max_plate_nesting}; declare every batch dim "
                              "with a plate (or use .to_event for event dims)")
-        if len(plates) > max_plate_nesting:
-            raise ModelError(f"sample site {name!r} is in {len(plates)} plates but "
-                             f"max_plate_nesting is {max_plate_nesting}; pass "
-                             f"max_plate_nesting={len(plates)}")
         if observed:
             if name in guide_sites:
                 raise ModelError(f"site {name!r} is observed in the model but sampled by the "

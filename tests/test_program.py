@@ -172,3 +172,22 @@ def test_sites_outside_the_data_plate_and_too_many_plates_are_user_errors():
 
     with pytest.raises(UserError, match="max_plate_nesting is 1; pass max_plate_nesting=2"):
         log_likelihood(nested, nested, lg.data(3), 2)
+
+
+def test_markov_enumeration_and_undeclared_batch_dims_are_refused(gm):
+    x = gm.data(3)
+
+    def chain(x):  # pyro.markov reuses enumeration dims: summing each out alone would be wrong
+        with pyro.plate("data", x.shape[0]):
+            y = 0
+            for t in pyro.markov(range(3)):
+                y = pyro.sample(f"y{t}", dist.Categorical(logits=gm.logits),
+                                infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(gm.mu[y], 1.0).to_event(1), obs=x[:, :2])
+
+    def stray(x):  # a batch dim no plate declares: not one image's log-density
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2, 1, 1, dtype=x.dtype), 1.0))
+
+    _refused("is under pyro.markov", lambda: log_likelihood(chain, lambda x: None, x, 2))
+    _refused("has batch shape", lambda: log_likelihood(stray, stray, x, 2))
