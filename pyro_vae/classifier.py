@@ -120,33 +120,51 @@ def score_samples(classifier, images, real_images, batch_size=1000):
     )
 
 
-def fit_classifier(net, x, y, *, lr, generator, batch_size=100, holdout=0.2, patience=20,
-                   max_epochs=2000):
+def fit_classifier(net, x, y, *, lr, generator, binarize=False, batch_size=100, holdout=0.2,
+                   patience=20, max_epochs=2000):
     """The supervised baseline of a semi-supervised run, by a recipe fixed in advance: ``net``
     (images -> class logits) trained with Adam at ``lr`` on cross-entropy over the labelled
-    images ``x``, ``y`` alone, less a held-out ``holdout`` of them (drawn by ``generator``),
-    until the held-out accuracy has not risen for ``patience`` epochs (or ``max_epochs``).
-    Returns ``(net at its best held-out accuracy, epochs trained)``."""
-    perm = torch.randperm(len(y), generator=generator, device=y.device)
-    cut = max(1, int(round(holdout * len(y))))
-    val, fit_idx = perm[:cut], perm[cut:]
+    images ``x``, ``y`` alone (with ``binarize``, Bernoulli pixels drawn afresh each epoch).
+    First a ``holdout`` of each class (drawn by ``generator``; none of a class of one image)
+    is held out, and the epoch after which its accuracy stopped rising for ``patience`` epochs
+    is found; then a fresh copy of ``net`` is trained on every labelled image for that many
+    epochs. Returns ``(net, epochs)``."""
+    fresh = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    held = []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=generator, device=y.device)]
+        held.append(idx[: int(round(holdout * len(idx))) if len(idx) > 1 else 0])
+    val = torch.cat(held)
+    fit_idx = torch.tensor([i for i in range(len(y)) if i not in set(val.tolist())],
+                           dtype=torch.long, device=y.device)
+    best, best_epoch, epoch = -1.0, 1, 0
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    best, best_state, stale, epoch = -1.0, None, 0, 0
-    while stale < patience and epoch < max_epochs:
+    while val.numel() and epoch - best_epoch < patience and epoch < max_epochs:
         epoch += 1
-        net.train()
-        for idx in fit_idx[torch.randperm(len(fit_idx), generator=generator,
-                                          device=y.device)].split(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            optimizer.step()
-        net.eval()
+        _classifier_epoch(net, optimizer, x, y, fit_idx, generator, binarize, batch_size)
         with torch.no_grad():
-            accuracy = (net(x[val]).argmax(-1) == y[val]).float().mean().item()
+            net.eval()
+            xv = torch.bernoulli(x[val], generator=generator) if binarize else x[val]
+            accuracy = (net(xv).argmax(-1) == y[val]).float().mean().item()
         if accuracy > best:
-            best, stale = accuracy, 0
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            stale += 1
-    net.load_state_dict(best_state)
-    return net, epoch
+            best, best_epoch = accuracy, epoch
+    epochs = best_epoch if val.numel() else patience
+    net.load_state_dict(fresh)
+    optimizer, every = torch.optim.Adam(net.parameters(), lr=lr), torch.arange(len(y),
+                                                                            device=y.device)
+    for _ in range(epochs):
+        _classifier_epoch(net, optimizer, x, y, every, generator, binarize, batch_size)
+    net.eval()
+    return net, epochs
+
+
+def _classifier_epoch(net, optimizer, x, y, idx, generator, binarize, batch_size):
+    """One epoch of ``optimizer`` on cross-entropy over the rows ``idx`` of ``x``, ``y``."""
+    net.train()
+    for rows in idx[torch.randperm(len(idx), generator=generator, device=y.device)].split(
+            batch_size):
+        xb = torch.bernoulli(x[rows], generator=generator) if binarize else x[rows]
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(xb), y[rows]).backward()
+        optimizer.step()

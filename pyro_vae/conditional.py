@@ -27,6 +27,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .protocol import CodeViews
 from .vae import _scaled
 
@@ -37,7 +38,10 @@ QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def quadrant_mask(image_shape, observed):
-    """A bool ``image_shape`` mask, True on the first ``observed`` of :data:`QUADRANTS`."""
+    """A bool ``image_shape`` mask, True on the first ``observed`` of :data:`QUADRANTS`; 1 to
+    3 (0 would hide everything, 4 nothing): else a :class:`~pyro_vae.errors.ConfigError`."""
+    if observed not in (1, 2, 3):
+        raise ConfigError(f"observed_quadrants must be 1, 2 or 3, got {observed!r}")
     c, h, w = image_shape
     mask = torch.zeros(image_shape, dtype=torch.bool)
     for k in range(observed):
@@ -135,6 +139,11 @@ class ConditionalVAE(CodeViews, nn.Module):
 
     def code_likelihood(self, z):
         return self.completion(z, torch.zeros_like(self.observed, dtype=z.dtype))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """The decoder's mean on the missing part at z = E q(z | x), x's observed part kept."""
+        return self.completion(self.encode(x), x).mean
 
     @torch.no_grad()
     def generate(self, num_samples):

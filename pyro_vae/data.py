@@ -459,7 +459,7 @@ def semi_supervised(x, y, chosen):
     ``{"x": (N', ...), "y": (N',)}``."""
     keep = torch.full_like(y, -1)
     keep[chosen] = y[chosen]
-    repeat = max(1, (len(y) - len(chosen)) // max(len(chosen), 1) - 1)
+    repeat = max(0, (len(y) - len(chosen)) // max(len(chosen), 1) - 1)  # extra copies
     return {"x": torch.cat([x, x[chosen].repeat((repeat,) + (1,) * (x.dim() - 1))]),
             "y": torch.cat([keep, y[chosen].repeat(repeat)])}
 

@@ -198,8 +198,9 @@ def parse_args(build_parser, argv):
 
 
 # What a train_svi.py run from before --model was: a VAE.
-BEFORE_MODELS = {"model": "vae", "labels": 0, "alpha": 50.0, "num_classes": 0,
-                 "observed_quadrants": 0}
+BEFORE_MODELS = {"model": "vae", "labels": 0, "alpha": 50.0, "num_classes": 0}
+# ... and what one from before --model cvae (with --model m2) lacks
+BEFORE_CVAE = {"observed_quadrants": 0}
 # Flags --resume takes from the command line; every other setting comes from the run.
 RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
 # Settings that change what happens next but not what was trained: --resume takes them from the
@@ -266,8 +267,9 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
                if k in {f.name for f in dataclasses.fields(config_cls)}}
     saved = fill_earlier(saved, earlier)
     # a run from before --model (a VAE) lacks these alike
-    saved = fill_earlier(saved, {k: v for k, v in BEFORE_MODELS.items()
-                                 if k in {f.name for f in dataclasses.fields(config_cls)}})
+    for group in (BEFORE_MODELS, BEFORE_CVAE):
+        saved = fill_earlier(saved, {k: v for k, v in group.items()
+                                     if k in {f.name for f in dataclasses.fields(config_cls)}})
     fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
     check_fields(saved, {k: t for k, t in fields.items()
                          if k not in (*RESUME_SETTINGS, "out") and t in (str, int, float, bool)},

@@ -308,13 +308,16 @@ def run(cfg):
 def compare_completion_net(result, run_dir):
     """For a CVAE run: the deterministic network's log p(x_miss | x_obs) (from the run's
     summary.json) on the very test images AIS saw, beside AIS's."""
+    n = len(result["ais"]["per_image"])
     try:
         with open(os.path.join(run_dir, "summary.json")) as f:
-            baseline = json.load(f).get("baseline_loglik_per_image") or []
+            summary = json.load(f)
     except (OSError, ValueError):
-        return
-    n = len(result["ais"]["per_image"])
-    if len(baseline) < n:
+        summary = {}
+    baseline = summary.get("baseline_loglik_per_image") or []
+    if summary.get("dataset_source") != result["dataset_source"] or len(baseline) < n:
+        print(f"[{PROG}] no comparison with the deterministic network: the run's summary.json "
+              "does not hold its log-likelihoods on these test images")
         return
     mean = sum(baseline[:n]) / n
     longest = max(result["ais"]["by_steps"], key=int)

@@ -39,7 +39,7 @@ from pyro_vae.build import (
 from pyro_vae.classifier import fit_classifier
 from pyro_vae.data import choose_labelled, semi_supervised
 from pyro_vae.encoders import ENCODERS
-from pyro_vae.errors import CheckpointError, ConfigError, DataError, lookup
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, RunError, lookup
 from pyro_vae.estimators import KHAT_THRESHOLD, log_likelihood
 from pyro_vae.latents import batched
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -93,11 +93,11 @@ class Config:
     out: str = "runs/svi"  # the run directory
     eval_samples: int = 1000  # importance samples per image for the final test log p(x)
     eval_images: int = 1000  # test images in the final estimate (a prefix of the test set)
-    model: str = "vae"  # vae | m2 (the semi-supervised VAE of Kingma et al. 2014)
-    labels: int = 0  # m2: labelled training images, balanced over the classes (0: 100)
+    model: str = "vae"  # vae | m2 (semi-supervised, Kingma et al. 2014) | cvae (completion)
+    labels: int = 0  # m2: labelled training images, balanced over the classes (100 if unset)
     alpha: float = 50.0  # m2: weight of -log q(y|x) on each labelled image
     num_classes: int = 0  # m2: classes in the data (set from the labels)
-    observed_quadrants: int = 0  # cvae: quadrants observed, 1 to 3 (0: 1)
+    observed_quadrants: int = 0  # cvae: quadrants observed, 1 to 3 (1 if unset)
 
 
 def build_parser():
@@ -122,14 +122,15 @@ def build_parser():
     g = p.add_argument_group("structured models (--model m2, --model cvae)")
     g.add_argument("--model", default=d.model,
                    help=f"{', '.join(MODELS)}: m2 is p(y) p(z) p(x|y,z) with y enumerated for "
-                   "unlabelled images (default: %(default)s)")
-    g.add_argument("--labels", type=int, default=d.labels,
+                   "unlabelled images; cvae completes images from their observed quadrants "
+                   "(default: %(default)s)")
+    g.add_argument("--labels", type=int, default=None,
                    help="labelled training images, a multiple of the classes, balanced over "
                    "them and chosen by --seed; the rest unlabelled (default: 100)")
     g.add_argument("--alpha", type=float, default=d.alpha,
                    help="weight of -log q(y|x) on labelled images, Kingma et al.'s alpha "
                    "(default: %(default)s)")
-    g.add_argument("--observed-quadrants", type=int, default=d.observed_quadrants,
+    g.add_argument("--observed-quadrants", type=int, default=None,
                    help="--model cvae: quadrants observed (top-left, then top-right, then "
                    "bottom-left), 1 to 3; the rest is completed (default: 1)")
     g = add_output_args(p, d)
@@ -154,20 +155,22 @@ def check_config(cfg):
         raise ConfigError(f"--kl-warmup must be zero or a positive number of epochs, "
                           f"got {cfg.kl_warmup}")
     lookup(MODELS, "--model", cfg.model)
+    # None: not given (the model's default); 0: what a run of another model records
     if cfg.model != "m2" and cfg.labels:
         raise ConfigError("--labels is for the semi-supervised --model m2")
     if cfg.model != "cvae" and cfg.observed_quadrants:
         raise ConfigError("--observed-quadrants is for the conditional --model cvae")
+    cfg.labels = (100 if cfg.model == "m2" else 0) if cfg.labels is None else cfg.labels
+    if cfg.observed_quadrants is None:
+        cfg.observed_quadrants = 1 if cfg.model == "cvae" else 0
     for name, value in FIXED.get(cfg.model, {}).items():
         if getattr(cfg, name) != value:
             raise ConfigError(f"--model {cfg.model} takes --{name.replace('_', '-')} {value} "
                               f"only (got {getattr(cfg, name)}): {WHY_FIXED[cfg.model]}")
     if cfg.model == "m2":
-        cfg.labels = cfg.labels or 100
         check_positive(cfg, ("labels",))
         check_positive_finite(cfg, ("alpha",))
     if cfg.model == "cvae":
-        cfg.observed_quadrants = cfg.observed_quadrants or 1
         if cfg.observed_quadrants not in (1, 2, 3):
             raise ConfigError(f"--observed-quadrants must be 1, 2 or 3 (0 would hide "
                               f"everything, 4 nothing), got {cfg.observed_quadrants}")
@@ -199,6 +202,9 @@ def check_labels_for(cfg, data):
     labelled = int((data.y_train >= 0).sum())
     if not labelled:
         raise DataError(f"{cfg.dataset} has no labels (y_train); --model m2 needs some")
+    if not bool((data.y_test >= 0).any()):
+        raise DataError(f"{cfg.dataset} has no test labels (y_test); --model m2 measures its "
+                        "accuracy on them: save y_test too")
     c = data.num_classes
     if cfg.num_classes not in (0, c):
         raise CheckpointError(f"the run has {cfg.num_classes} classes but the data {c}")
@@ -243,7 +249,7 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
           f"device {device}, {sum(p.numel() for p in vae.parameters()):,} parameters")
     train, test, on_epoch = data.x_train, data.x_test, recorder
     if cfg.model == "m2":
-        train, test, on_epoch = semi_supervised_data(cfg, data, vae, recorder)
+        train, test, on_epoch = semi_supervised_data(cfg, data, vae, recorder, world)
     try:
         fit(vae, loss, optimizer, train, test, epochs=cfg.epochs,
             batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
@@ -264,7 +270,7 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     return summary
 
 
-def semi_supervised_data(cfg, data, m2, recorder):
+def semi_supervised_data(cfg, data, m2, recorder, world):
     """M2's training fields (the chosen labels kept, the labelled images repeated to about half
     of every batch), its test fields (no labels: the test loss is -U(x), a bound on -log p(x)),
     and the recorder given each epoch's test accuracy."""
@@ -276,27 +282,29 @@ def semi_supervised_data(cfg, data, m2, recorder):
           f"{len(train['y']) - len(data.y_train) + cfg.labels} of the {len(train['y'])} rows "
           "of an epoch")
 
-    def on_epoch(row):
-        recorder({**row, "test_accuracy": m2.accuracy(data.x_test, data.y_test)})
+    def on_epoch(row):  # rank 0 measures (an agreement: a failure there stops every rank)
+        accuracy = {}
+        world.on_main(lambda: accuracy.update(a=m2.accuracy(data.x_test, data.y_test)))
+        recorder({**row, "test_accuracy": accuracy.get("a")})
 
     return train, test, on_epoch
 
 
 def label_baseline(cfg, data, device):
-    """The supervised baseline (pyro_vae.train.fit_classifier): M2's classifier net, fresh,
-    trained with the same optimizer on the labelled images alone. Returns its test accuracy."""
+    """The supervised baseline (pyro_vae.classifier.fit_classifier): M2's classifier net,
+    fresh, trained with the same optimizer on the labelled images alone, its pixels binarized
+    afresh every epoch as M2's are. Returns its accuracy on the labelled test images."""
     chosen = choose_labelled(data.y_train, cfg.labels, cfg.num_classes, cfg.seed)
     net = build_m2(data.image_shape, **{k: getattr(cfg, k) for k in M2_OPTIONS}).classifier
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    x = data.x_train[chosen]
-    if cfg.binarize == "dynamic":  # the same kind of pixels as M2 saw
-        x = torch.bernoulli(x, generator=generator)
-    net, epochs = fit_classifier(net.to(device), x, data.y_train[chosen], lr=cfg.lr,
-                                 generator=generator)
+    net, epochs = fit_classifier(net.to(device), data.x_train[chosen], data.y_train[chosen],
+                                 lr=cfg.lr, generator=generator,
+                                 binarize=cfg.binarize == "dynamic")
+    keep = data.y_test >= 0
     with torch.no_grad():
         right = sum(int((net(xb).argmax(-1) == yb).sum())
-                    for xb, yb in zip(data.x_test.split(1000), data.y_test.split(1000)))
-    return right / len(data.y_test), epochs
+                    for xb, yb in zip(data.x_test[keep].split(1000), data.y_test[keep].split(1000)))
+    return right / int(keep.sum()), epochs
 
 
 def m2_figures(m2, data, history, baseline):
@@ -324,10 +332,15 @@ def completion_baseline(cfg, data, device, x_eval):
                                **{k: getattr(cfg, k) for k in CVAE_OPTIONS}).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     print(f"[{PROG}] training the deterministic completion network ({cfg.epochs} epochs) ...")
-    fit_autoencoder(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), data.x_train,
-                    data.x_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                    binarize=cfg.binarize, generator=generator, progress=False,
-                    lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
+    try:
+        fit_autoencoder(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), data.x_train,
+                        data.x_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        binarize=cfg.binarize, generator=generator, progress=False,
+                        lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
+    except NonFiniteLossError as e:  # the CVAE is trained and saved: say whose loss it was
+        raise RunError(f"the deterministic completion network's {e}; the CVAE's training is "
+                       f"complete in {cfg.out}: finish the run with --resume {cfg.out} --lr "
+                       f"{cfg.lr / 10:g}") from None
     net.eval()
     with torch.no_grad():
         per_image = torch.cat([net(xb).log_prob(xb) for xb in x_eval.split(1000)])
@@ -357,7 +370,8 @@ def evaluate_and_draw(cfg, vae, data, history, world=None):
     world = world or distributed.current()
     vae.eval()
     x_eval = data.x_test[: cfg.eval_images]
-    print(f"[{PROG}] estimating log p(x) on {len(x_eval)} test images with "
+    print(f"[{PROG}] estimating {'log p(x_miss | x_obs)' if cfg.model == 'cvae' else 'log p(x)'} "
+          f"on {len(x_eval)} test images with "
           f"{cfg.eval_samples} importance samples each ...")
     est = world.estimate(lambda x: log_likelihood(vae.model, vae.guide, x,
                                                   num_samples=cfg.eval_samples, batch_size=100),

@@ -113,6 +113,7 @@ def test_train_svi_trains_the_cvae_and_its_network(capsys, tmp_path, npz):
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "cvae", "--observed-quadrants", "4"], "--observed-quadrants must be 1, 2 or 3"),
+    (["--model", "cvae", "--observed-quadrants", "0"], "(0 would hide everything, 4 nothing)"),
     (["--observed-quadrants", "2"], "--observed-quadrants is for the conditional --model cvae"),
     (["--model", "cvae", "--posterior", "flow"], "--model cvae takes --posterior diagonal"),
 ])

@@ -267,3 +267,17 @@ def test_a_failure_inside_compare_names_the_training_script(capsys, monkeypatch,
     assert call("compare", *TINY, "--dataset", npz, "--out", tmp_path / "report") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--resume" in err and ".py); then give the run to compare.py with --" in err
+
+
+def test_runs_from_before_each_model_option_resume(capsys, tmp_path, vae_run):
+    from pyro_vae.checkpoint import save_checkpoint
+
+    for dropped in (("observed_quadrants",),  # a run from before --model cvae
+                    ("model", "labels", "alpha", "num_classes", "observed_quadrants")):
+        run = tmp_path / f"run{len(dropped)}"
+        shutil.copytree(vae_run, run)
+        state = load_checkpoint(str(run / "checkpoint_last.pt"))
+        for name in dropped:
+            del state["config"][name]
+        save_checkpoint(state, str(run / "checkpoint_last.pt"))
+        assert call("train_svi", "--resume", run, "--epochs", "3", "--quiet") == 0

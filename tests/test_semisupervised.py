@@ -115,6 +115,7 @@ def test_train_svi_trains_m2_and_evaluate_reports_what_applies(capsys, tmp_path,
     (["--model", "m2", "--labels", "15"], "--labels 15 must be a multiple of the 10 classes"),
     (["--model", "m2", "--labels", "70"], "at most the 60 labelled training images"),
     (["--model", "m2", "--labels", "-10"], "--labels must be a positive integer"),
+    (["--model", "m2", "--labels", "0"], "--labels must be a positive integer"),
     (["--model", "m2", "--prior", "vamp"], "--model m2 takes --prior normal only"),
     (["--model", "m2", "--elbo", "iwae"], "--model m2 takes --elbo trace only"),
     (["--model", "m3"], "unknown --model 'm3'; choose one of: vae, m2"),
@@ -130,7 +131,12 @@ def test_m2_refuses_data_without_labels_or_too_few_of_a_class(capsys, tmp_path):
     assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", bare, "--model", "m2",
                                          "--out", tmp_path / "run"], "has no labels", tmp_path)
     few = save_npz(tmp_path / "few.npz", x_train=digits(60), x_test=digits(20, seed=1),
-                   y_train=np.r_[np.zeros(51, int), np.arange(1, 10)])
+                   y_train=np.r_[np.zeros(51, int), np.arange(1, 10)], y_test=np.arange(20) % 10)
+    no_test = save_npz(tmp_path / "no_test.npz", x_train=digits(60), x_test=digits(20, seed=1),
+                       y_train=np.arange(60) % 10)
+    assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", no_test, "--model", "m2",
+                                         "--labels", "20", "--out", tmp_path / "run"],
+                   "has no test labels (y_test)", tmp_path)
     assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", few, "--model", "m2",
                                          "--labels", "20", "--out", tmp_path / "run"],
                    "class 1 has 1 labelled training images, fewer than the 2", tmp_path)
