@@ -390,3 +390,21 @@ def test_scripts_that_run_in_one_process_refuse_torchrun(tmp_path):
     assert "evaluate.py: error: evaluate.py runs in one process; start it with python, not " \
            "torchrun" in proc.stderr
     assert proc.stderr.count("evaluate.py: error:") == 1
+
+
+@pytest.mark.parametrize("model,args", [("m2", ["--labels", "20"]),
+                                        ("cvae", ["--observed-quadrants", "2"])])
+def test_the_structured_models_train_as_one_job(tmp_path, model, args):
+    path = tmp_path / "labelled.npz"
+    g = np.random.default_rng(0)
+    np.savez(path, x_train=(g.random((40, 8, 8)) * 255).astype(np.uint8),
+             x_test=(g.random((12, 8, 8)) * 255).astype(np.uint8),
+             y_train=np.arange(40) % 10, y_test=np.arange(12) % 10)
+    proc = torchrun("train_svi.py", 2, "--dataset", path, *TINY, *SVI_EVAL, "--model", model,
+                    *args, "--out", "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoint_last.pt"), resume=True)
+    assert state["world_size"] == 2 and state["config"]["model"] == model
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert ("test_accuracy" in summary) == (model == "m2")
+    assert ("baseline_loglik_mean" in summary) == (model == "cvae")
