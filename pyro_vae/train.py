@@ -1,8 +1,9 @@
-"""The training loops, SVI and autoencoder: minibatches from a whole-dataset tensor, a torch
-optimizer, progress bars, a stop on the first non-finite loss.
+"""The training loop of one process, SVI and autoencoder: minibatches from whole-dataset tensors
+(the images, or aligned fields such as labels), a torch optimizer, progress bars, a stop on the
+first non-finite loss. Several processes train in :func:`pyro_vae.distributed.run_epochs`.
 
-The loss is Pyro's ``ELBO.differentiable_loss(model, guide, x)``: -ELBO summed over the batch (a
-differentiable tensor). We step on its mean per image, so that the learning rate does not depend
+The loss is Pyro's ``ELBO.differentiable_loss(model, guide, x)``, or the model's own ``loss``
+(:mod:`pyro_vae.protocol`): -ELBO summed over the batch (a differentiable tensor). We step on its mean per image, so that the learning rate does not depend
 on the batch size. No ``pyro.param`` is involved: the VAE is an ``nn.Module`` and its
 ``state_dict`` is the whole trained state.
 """
@@ -152,8 +153,8 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
 
     The loss is checked for NaN or infinity every ``check_every`` steps (default: every step
     on the CPU, where reading it costs no device sync, so that the optimizer never steps on it;
-:data:`CUDA_CHECK_EVERY` on a GPU, where a read is a sync: found on
-    the device, then read) and at each epoch's end: :class:`NonFiniteLossError`.
+    :data:`CUDA_CHECK_EVERY` on a GPU, where a read is a sync: found on the device, then read)
+    and at each epoch's end: :class:`NonFiniteLossError`.
 
     ``world``: a :class:`~pyro_vae.distributed.World` of several processes runs the loop of
     :func:`pyro_vae.distributed.run_epochs` instead, each rank its share of every batch.
