@@ -281,3 +281,13 @@ def test_runs_from_before_each_model_option_resume(capsys, tmp_path, vae_run):
             del state["config"][name]
         save_checkpoint(state, str(run / "checkpoint_last.pt"))
         assert call("train_svi", "--resume", run, "--epochs", "3", "--quiet") == 0
+
+
+def test_undefined_khat_is_said_plainly(capsys, tmp_path, vae_run):
+    run = _copy(vae_run, tmp_path)
+    capsys.readouterr()
+    assert call("evaluate", run, "--no-download", "--samples", "5", "--curve", "1,5",
+                "--ais-images", "0", "--bdmc-images", "0", "--gap-images", "0") == 0
+    out = capsys.readouterr().out
+    assert "Pareto k-hat undefined for every image (K < 21, or tied weights)" in out
+    assert "for undefined of images" not in out
