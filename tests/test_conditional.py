@@ -3,7 +3,6 @@ train_svi.py --model cvae with evaluate.py and its bad inputs."""
 
 import json
 
-import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
@@ -12,7 +11,8 @@ from pyro_vae.ais import ais_log_likelihood
 from pyro_vae.conditional import ConditionalVAE, MaskedPixels, quadrant_mask
 from pyro_vae.estimators import log_likelihood
 
-from test_reliability import TINY_SVI, assert_refused, call, digits, save_npz
+from test_reliability import TINY_SVI, assert_refused, call
+from test_reliability_round2 import npz  # noqa: F401  (a fixture)
 
 
 def test_quadrants_are_observed_in_order():
@@ -84,13 +84,6 @@ def test_the_estimators_give_the_conditional_log_likelihood():
     ais = ais_log_likelihood(cvae.model, cvae.guide, x, num_steps=300, num_chains=32,
                              num_leapfrog=3)
     assert -0.15 < (ais.per_image - exact).mean() < 0.05
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("npz") / "digits.npz"
-    return save_npz(path, x_train=digits(60), x_test=digits(20, seed=1),
-                    y_train=np.arange(60) % 10, y_test=np.arange(20) % 10)
 
 
 def test_train_svi_trains_the_cvae_and_its_network(capsys, tmp_path, npz):

@@ -23,20 +23,7 @@ from pyro_vae.runs import lock_run_dir, release_locks
 
 from conftest import ROOT
 from test_reliability import TINY, TINY_SVI, assert_refused, call, digits, save_npz
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("npz") / "digits.npz"
-    return save_npz(path, x_train=digits(60), x_test=digits(20, seed=1),
-                    y_train=np.arange(60) % 10, y_test=np.arange(20) % 10)
-
-
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory, npz):
-    out = tmp_path_factory.mktemp("vae") / "run"
-    assert call("train_svi", *TINY_SVI, "--epochs", "2", "--dataset", npz, "--out", out) == 0
-    return out
+from test_reliability_round2 import npz, vae_run  # noqa: F401  (fixtures)
 
 
 def _copy(run, tmp_path):

@@ -16,6 +16,7 @@ from pyro_vae.estimators import elbo, log_likelihood
 from pyro_vae.program import check_program
 
 from test_reliability import TINY_SVI, assert_refused, call, digits, save_npz
+from test_reliability_round2 import npz  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -77,17 +78,10 @@ def test_the_labelled_set_is_balanced_and_repeated_to_half_of_the_rows():
     assert (fields["y"][labelled] == fields["x"][labelled, 0].long() % 10).all()  # aligned
 
 
-@pytest.fixture(scope="module")
-def labelled_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("npz") / "digits.npz"
-    return save_npz(path, x_train=digits(60), x_test=digits(20, seed=1),
-                    y_train=np.arange(60) % 10, y_test=np.arange(20) % 10)
-
-
 def test_train_svi_trains_m2_and_evaluate_reports_what_applies(capsys, tmp_path,
-                                                               labelled_npz):
+                                                               npz):
     out = tmp_path / "run"
-    assert call("train_svi", *TINY_SVI, "--epochs", "2", "--dataset", labelled_npz,
+    assert call("train_svi", *TINY_SVI, "--epochs", "2", "--dataset", npz,
                 "--model", "m2", "--labels", "20", "--out", out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["baseline_accuracy"] <= 1
@@ -120,9 +114,9 @@ def test_train_svi_trains_m2_and_evaluate_reports_what_applies(capsys, tmp_path,
     (["--model", "m2", "--elbo", "iwae"], "--model m2 takes --elbo trace only"),
     (["--model", "m3"], "unknown --model 'm3'; choose one of: vae, m2"),
 ])
-def test_m2_bad_inputs_are_one_line_before_any_training(capsys, tmp_path, labelled_npz, args,
+def test_m2_bad_inputs_are_one_line_before_any_training(capsys, tmp_path, npz, args,
                                                         message):
-    assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", labelled_npz, "--out",
+    assert_refused(capsys, "train_svi", [*TINY_SVI, "--dataset", npz, "--out",
                                          tmp_path / "run", *args], message, tmp_path)
 
 
