@@ -36,6 +36,7 @@ __all__ = [
     "SCHEDULES",
     "STARTS",
     "TARGET_ACCEPT",
+    "TUNE_PASSES",
     "AnnealedChains",
     "AnnealingTarget",
     "anneal",
@@ -48,13 +49,15 @@ __all__ = [
     "log_mean_exp",
     "schedule_betas",
     "sigmoid_schedule",
-    "weighted_mean",
+    "tune_step_sizes",
 ]
 
 TARGET_ACCEPT = 0.65
 _STEP_SIZE_RANGE = (1e-4, 0.5)
-_ADAPT_UP, _ADAPT_DOWN = 1.02, 0.98
 _INITIAL_ROUNDS = 15  # HMC rounds at beta = 0 that size the pilot's first step
+_ADAPT_UP, _ADAPT_DOWN = 1.02, 0.98  # the pilot's first pass, after each transition
+_TUNE_UP, _TUNE_DOWN = 1.25, 0.8  # a stage's step size after a pilot pass above / below target
+TUNE_PASSES = 2  # pilot passes through the whole schedule: one adapting, then frozen ones
 
 
 def sigmoid_schedule(num_steps, radius=4.0):
@@ -264,8 +267,8 @@ def hmc_step(target, state, beta, step_size, num_leapfrog):
 
 def initial_step_size(target, u, num_leapfrog, rounds=_INITIAL_ROUNDS):
     """Step sizes ``(N,)`` for f_0 = pi_0, where the chains start in equilibrium: from 0.01, x1.5
-    or /1.5 per HMC round toward the target acceptance. The x1.02 rule that follows along the
-    schedule then only has to track how the step size drifts with beta."""
+    or /1.5 per HMC round toward the target acceptance; the pilot's passes (:func:`tune_step_sizes`)
+    start every stage from them."""
     state = (u,) + target.evaluate(u)
     eps = torch.full((u.shape[1],), 0.01, device=u.device)
     for _ in range(rounds):
@@ -275,39 +278,64 @@ def initial_step_size(target, u, num_leapfrog, rounds=_INITIAL_ROUNDS):
     return eps
 
 
-def anneal(target, u, betas, step_sizes, num_leapfrog, reverse=False, adapt=False,
-            progress=None):
-    """Run the chains from ``u`` through the schedule; returns log weights ``(C, N)`` (float64),
-    the step sizes used at each transition ``(T - 1, N)`` and the acceptance rate per
-    transition ``(T - 1,)``.
+def anneal(target, u, betas, step_sizes, num_leapfrog, reverse=False, progress=None):
+    """Run the chains from ``u`` through the schedule with frozen ``step_sizes`` ``(T - 1, N)``;
+    returns log weights ``(C, N)`` (float64), the step sizes used ``(T - 1, N)`` and the
+    acceptance rate of each transition and image over the chains ``(T - 1, N)``.
 
     Forward: for t = 1..T, add (beta_t - beta_{t-1}) g(z), then (t < T) an HMC step for f_t.
     Reverse (from an exact posterior draw): for t = T..1, add (beta_{t-1} - beta_t) g(z), then
-    (t > 1) an HMC step for f_{t-1}. Transition k (for f_k, k = 1..T-1) uses ``step_sizes[k-1]``;
-    with ``adapt``, ``step_sizes`` is the initial ``(N,)`` and is tuned as the chains go.
+    (t > 1) an HMC step for f_{t-1}. Transition k (for f_k, k = 1..T-1) uses ``step_sizes[k-1]``.
     """
     num_steps = len(betas) - 1
     state = (u,) + target.evaluate(u)
     log_w = torch.zeros(u.shape[:2], dtype=torch.float64, device=u.device)
-    used = torch.empty(max(num_steps - 1, 0), u.shape[1], device=u.device)
-    acceptance = torch.empty(max(num_steps - 1, 0), dtype=torch.float64)
-    eps = step_sizes.clone() if adapt else None
+    rates = torch.empty(max(num_steps - 1, 0), u.shape[1], dtype=torch.float64)
     stages = range(num_steps, 0, -1) if reverse else range(1, num_steps + 1)
     for t in stages:
         ratio = (betas[t - 1] - betas[t]) if reverse else (betas[t] - betas[t - 1])
         log_w += ratio * state[2].double()
         k = t - 1 if reverse else t  # the density the next transition leaves invariant
         if 1 <= k <= num_steps - 1:
-            step = eps if adapt else step_sizes[k - 1]
-            state, accept = hmc_step(target, state, float(betas[k]), step, num_leapfrog)
-            rate = accept.float().mean(0)  # (N,) over the chains
-            used[k - 1], acceptance[k - 1] = step, rate.mean().item()
-            if adapt:
-                eps = (eps * torch.where(rate > TARGET_ACCEPT, _ADAPT_UP, _ADAPT_DOWN)).clamp(
-                    *_STEP_SIZE_RANGE)
+            state, accept = hmc_step(target, state, float(betas[k]), step_sizes[k - 1],
+                                     num_leapfrog)
+            rates[k - 1] = accept.double().mean(0).cpu()  # (N,) over the chains
         if progress is not None:
             progress.update(1)
-    return log_w, used, acceptance
+    return log_w, step_sizes, rates
+
+
+def tune_step_sizes(target, betas, num_leapfrog, passes=TUNE_PASSES, progress=None):
+    """The pilot: step sizes ``(T - 1, N)``, one per transition and image, for chains that will
+    not adapt. From :func:`initial_step_size` at beta = 0, the pilot's chains first run the
+    schedule adapting as they go (x1.02 after a transition accepted above
+    :data:`TARGET_ACCEPT` over the chains, x0.98 below), which follows the drift of the step
+    size with beta over any range; then ``passes - 1`` times they run it again with the sizes
+    frozen, and after each such pass a stage's size is multiplied by 1.25 where its acceptance
+    was above the target, by 0.8 where below. Sizes stay in [1e-4, 0.5]. The estimating chains
+    never see these accept decisions: their transitions do not depend on their own past."""
+    transitions, n = max(len(betas) - 2, 0), target.x.shape[0]
+    u = target.initial()
+    eps = initial_step_size(target, u, num_leapfrog)
+    sizes = torch.empty(transitions, n, device=u.device)
+    if passes == 0:
+        return sizes.copy_(eps.expand(transitions, n))
+    state = (u,) + target.evaluate(u)
+    for k in range(1, transitions + 1):
+        state, accept = hmc_step(target, state, float(betas[k]), eps, num_leapfrog)
+        sizes[k - 1] = eps
+        up = accept.float().mean(0) > TARGET_ACCEPT
+        eps = (eps * torch.where(up, _ADAPT_UP, _ADAPT_DOWN)).clamp(*_STEP_SIZE_RANGE)
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.update(1)  # (as many updates as a pass of anneal: one per stage)
+    for _ in range(passes - 1):
+        _, _, rates = anneal(target, target.initial(), betas, sizes, num_leapfrog,
+                             progress=progress)
+        up = (rates > TARGET_ACCEPT).to(sizes.device)
+        sizes = (sizes * torch.where(up, _TUNE_UP, _TUNE_DOWN)).clamp(*_STEP_SIZE_RANGE)
+    return sizes
 
 
 def log_mean_exp(log_w):
@@ -320,11 +348,14 @@ def effective_sample_size(log_w):
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
 
 
-def check_settings(num_steps, num_chains, num_leapfrog, tune_chains, schedule, start, step_size):
+def check_settings(num_steps, num_chains, num_leapfrog, tune_chains, schedule, start, step_size,
+                   tune_passes=TUNE_PASSES):
     for name, value in (("num_steps", num_steps), ("num_chains", num_chains),
                         ("num_leapfrog", num_leapfrog), ("tune_chains", tune_chains)):
         if not (isinstance(value, int) and value >= 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(tune_passes, int) and tune_passes >= 0):
+        raise ConfigError(f"tune_passes must be a non-negative integer, got {tune_passes!r}")
     if isinstance(schedule, str):
         lookup(SCHEDULES, "schedule", schedule)
     lookup(STARTS, "start", start)
@@ -342,16 +373,15 @@ def schedule_betas(schedule, num_steps):
     return betas
 
 class AnnealedChains:
-    """AIS on one batch of images: a pilot pass that tunes step sizes, then frozen-step runs."""
+    """AIS on one batch of images: a pilot that tunes step sizes (:func:`tune_step_sizes`),
+    then runs of fresh chains with the step sizes frozen."""
 
     def __init__(self, model, guide, x, *, num_chains, tune_chains, num_leapfrog, betas, start,
                  step_size, kwargs, data_plate, max_plate_nesting, progress, program=None,
-                 method="AIS"):
+                 method="AIS", tune_passes=TUNE_PASSES):
         self.betas, self.num_leapfrog, self.progress = betas, num_leapfrog, progress
         self.target = AnnealingTarget(model, guide, x, num_chains, start, kwargs, data_plate,
                                       max_plate_nesting, program, method)
-        make = lambda c: AnnealingTarget(model, guide, x, c, start, kwargs,  # noqa: E731
-                                         data_plate, max_plate_nesting, self.target.program)
         n, transitions = x.shape[0], len(betas) - 2
         if step_size is not None:  # fixed by the caller: no pilot
             self.step_sizes = torch.full((max(transitions, 0), n), float(step_size),
@@ -359,11 +389,9 @@ class AnnealedChains:
         elif transitions <= 0:
             self.step_sizes = torch.empty(0, n, device=x.device)
         else:
-            pilot = make(tune_chains)
-            u = pilot.initial()
-            init = initial_step_size(pilot, u, num_leapfrog)
-            _, self.step_sizes, _ = anneal(pilot, u, betas, init, num_leapfrog, adapt=True,
-                                            progress=progress)
+            pilot = AnnealingTarget(model, guide, x, tune_chains, start, kwargs, data_plate,
+                                    max_plate_nesting, self.target.program)
+            self.step_sizes = tune_step_sizes(pilot, betas, num_leapfrog, tune_passes, progress)
 
     def forward(self):
         return anneal(self.target, self.target.initial(), self.betas, self.step_sizes,
@@ -379,16 +407,17 @@ class AnnealedChains:
 
 def annealed_batches(model, guide, x, *, num_steps, num_chains, num_leapfrog, tune_chains,
                      schedule, start, step_size, batch_size, progress, data_plate,
-                     max_plate_nesting, kwargs, passes, desc):
+                     max_plate_nesting, kwargs, passes, desc, tune_passes=TUNE_PASSES):
     """Yield ``(slice, AnnealedChains)`` over the images, with one progress bar for all the
     stages; the program is checked once, on the first batch (``desc`` names the method in
     its errors)."""
-    check_settings(num_steps, num_chains, num_leapfrog, tune_chains, schedule, start, step_size)
+    check_settings(num_steps, num_chains, num_leapfrog, tune_chains, schedule, start, step_size,
+                   tune_passes)
     betas = schedule_betas(schedule, num_steps)
     batch_size = batch_size or max(1, 4096 // num_chains)  # about 4096 (chain, image) pairs
     n = x.shape[0]
     chunks = math.ceil(n / batch_size)
-    per_chunk = (len(betas) - 1) * (passes + (step_size is None and len(betas) > 2))
+    per_chunk = (len(betas) - 1) * (passes + (step_size is None and len(betas) > 2) * tune_passes)
     bar = tqdm(total=chunks * per_chunk, desc=desc, unit="stage", disable=not progress,
                leave=False)
     program = None
@@ -399,22 +428,20 @@ def annealed_batches(model, guide, x, *, num_steps, num_chains, num_leapfrog, tu
                                     tune_chains=tune_chains, num_leapfrog=num_leapfrog,
                                     betas=betas, start=start, step_size=step_size, kwargs=kwargs,
                                     data_plate=data_plate, max_plate_nesting=max_plate_nesting,
-                                    progress=bar, program=program, method=desc)
+                                    progress=bar, program=program, method=desc,
+                                    tune_passes=tune_passes)
             program = chains.target.program
             yield sl, chains
     finally:
         bar.close()
 
 
-def gradient_evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size, passes=1):
+def gradient_evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size, passes=1,
+                         tune_passes=TUNE_PASSES):
     """Gradient evaluations per image: one per chain and leapfrog step of each of the T - 1
-    transitions of each pass, plus the pilot's (its initial rounds included)."""
+    transitions of each pass, plus the pilot's (its initial rounds at beta = 0 and its
+    ``tune_passes`` passes)."""
     transitions = max(num_steps - 1, 0)
-    pilot = tune_chains * (_INITIAL_ROUNDS + transitions) if step_size is None and transitions else 0
+    pilot = (tune_chains * (_INITIAL_ROUNDS + tune_passes * transitions)
+             if step_size is None and transitions else 0)
     return (passes * num_chains * transitions + pilot) * num_leapfrog
-
-
-def weighted_mean(parts, weights):
-    """The mean of per-batch diagnostics ``parts``, weighted by the batches' ``weights``."""
-    return (torch.stack(parts) * torch.tensor(weights)[:, None]).sum(0) / sum(weights)
-

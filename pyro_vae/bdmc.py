@@ -30,17 +30,18 @@ from .annealing import (
     gradient_evaluations,
     log_mean_exp,
     schedule_betas,
-    weighted_mean,
+    TUNE_PASSES,
 )
 
-__all__ = ["BDMCResult", "bdmc", "simulate"]
+__all__ = ["BDMCResult", "bdmc", "merge_bdmc", "simulate"]
 
 
 @dataclass
 class BDMCResult:
     """Per-image ``lower`` and ``upper`` stochastic bounds ``(N,)`` on log p(x) of the simulated
-    images ``x`` ``(N, ...)``, with the chains' effective sample sizes and the mean acceptance
-    rate per transition of each direction."""
+    images ``x`` ``(N, ...)``, with the chains' effective sample sizes and each direction's
+    acceptance rate per transition and image ``(T - 1, N)``; results on disjoint images merge
+    with :func:`merge_bdmc`."""
 
     lower: torch.Tensor
     upper: torch.Tensor
@@ -93,8 +94,8 @@ def simulate(model, x, **kwargs):
     return x_sim.to(x.dtype), latent
 
 
-def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune_chains=4,
-         schedule="sigmoid", start="guide", step_size=None, batch_size=None, progress=False,
+def bdmc(model, guide, x, *, num_steps=200, num_chains=8, num_leapfrog=3, tune_chains=4,
+         tune_passes=TUNE_PASSES, schedule="sigmoid", start="guide", step_size=None, batch_size=None, progress=False,
          data_plate="data", max_plate_nesting=1, **kwargs):
     """BDMC bounds on log p(x) for ``x.shape[0]`` images simulated from ``model``.
 
@@ -104,14 +105,14 @@ def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune
     schedule = schedule_betas(schedule, num_steps) if not isinstance(schedule, str) else schedule
     num_steps = num_steps if isinstance(schedule, str) else len(schedule) - 1
     x_sim, z_exact = simulate(model, x, **kwargs)
-    lower, upper, ess_f, ess_r, acc_f, acc_r, sizes = [], [], [], [], [], [], []
+    lower, upper, ess_f, ess_r, acc_f, acc_r = [], [], [], [], [], []
     for sl, chunk in annealed_batches(model, guide, x_sim, num_steps=num_steps, num_chains=num_chains,
                              num_leapfrog=num_leapfrog, tune_chains=tune_chains,
                              schedule=schedule, start=start, step_size=step_size,
                              batch_size=batch_size, progress=progress, data_plate=data_plate,
                              max_plate_nesting=max_plate_nesting, kwargs=kwargs, passes=2,
-                             desc="BDMC"):
-        log_w, _, acc = chunk.forward()
+                             desc="BDMC", tune_passes=tune_passes):
+        log_w, _, acc = chunk.forward()  # acceptance (T - 1, n)
         log_w_rev, _, acc_rev = chunk.reverse({s: z[sl] for s, z in z_exact.items()})
         lower.append(log_mean_exp(log_w).cpu())
         upper.append(-log_mean_exp(log_w_rev).cpu())
@@ -119,9 +120,18 @@ def bdmc(model, guide, x, *, num_steps=500, num_chains=16, num_leapfrog=10, tune
         ess_r.append(effective_sample_size(log_w_rev).cpu())
         acc_f.append(acc)
         acc_r.append(acc_rev)
-        sizes.append(sl.stop - sl.start)
     cat = lambda ts: torch.cat(ts).to(x.dtype)  # noqa: E731
     return BDMCResult(cat(lower), cat(upper), x_sim, num_steps, num_chains, cat(ess_f),
-                      cat(ess_r), weighted_mean(acc_f, sizes), weighted_mean(acc_r, sizes),
-                      gradient_evaluations(num_steps, num_chains, num_leapfrog, tune_chains, step_size,
-                                   passes=2))
+                      cat(ess_r), torch.cat(acc_f, 1), torch.cat(acc_r, 1),
+                      gradient_evaluations(num_steps, num_chains, num_leapfrog, tune_chains,
+                                           step_size, passes=2, tune_passes=tune_passes))
+
+
+def merge_bdmc(parts):
+    """One :class:`BDMCResult` of the simulated images of ``parts`` (disjoint, same settings),
+    in their order."""
+    cat = lambda name, dim=0: torch.cat([getattr(p, name) for p in parts], dim)  # noqa: E731
+    first = parts[0]
+    return BDMCResult(cat("lower"), cat("upper"), cat("x"), first.num_steps, first.num_chains,
+                      cat("ess_forward"), cat("ess_reverse"), cat("acceptance_forward", 1),
+                      cat("acceptance_reverse", 1), first.evaluations)

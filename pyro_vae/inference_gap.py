@@ -243,8 +243,8 @@ def fit_local_guide(model, guide, x, *, family="diagonal", num_particles=10, lr=
                               target.data_dim, best_shift, best_raw), step
 
 
-def inference_gap(model, guide, x, *, family="diagonal", log_px=None, num_steps=500,
-                  num_chains=16, num_leapfrog=10, elbo_samples=1000, batch_size=100,
+def inference_gap(model, guide, x, *, family="diagonal", log_px=None, num_steps=200,
+                  num_chains=8, num_leapfrog=3, elbo_samples=1000, batch_size=100,
                   progress=False, data_plate="data", max_plate_nesting=1, fit_options=None,
                   **kwargs):
     """The inference-gap split of each image of ``x``: log p(x) by AIS (or ``log_px``, if already

@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 
 __all__ = [
     "plot_bound_curve",
+    "plot_comparison",
     "plot_curves",
     "plot_image_grid",
     "plot_image_rows",
@@ -243,4 +244,29 @@ def plot_inference_gaps(gap, title="Where the ELBO loses", ax=None):
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
+    return fig
+
+
+def plot_comparison(pairs, title="Paired differences between runs", ax=None):
+    """Each pair's mean per-image difference b - a (``pairs``: the entries of comparison.json,
+    with ``a``, ``b``, ``estimator`` and ``difference``), with 95% intervals from the paired
+    standard error (thick) and from the unpaired one (thin): where the thin bar crosses 0 and
+    the thick one does not, only pairing the images tells the runs apart."""
+    fig, ax = _axes(ax, (7, 1.2 + 0.5 * max(len(pairs), 1)))
+    for i, p in enumerate(pairs):
+        d = p["difference"]
+        for se, width, color in ((d["stderr_unpaired"], 1.2, "0.6"),
+                                 (d["stderr_paired"], 4, "tab:blue")):
+            if se is not None:
+                ax.plot([d["mean"] - 1.96 * se, d["mean"] + 1.96 * se], [i, i], color=color,
+                        linewidth=width, solid_capstyle="butt")
+        ax.plot([d["mean"]], [i], "o", color="k")
+    ax.set_yticks(range(len(pairs)))
+    ax.set_yticklabels([f"{p['b']} - {p['a']} ({p['estimator'].upper()})" for p in pairs])
+    ax.axvline(0, color="k", linewidth=0.8)
+    ax.set_xlabel("mean difference of log p(x) estimates, nats per image "
+                  "(thick: paired 95%, thin: unpaired)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.invert_yaxis()
     return fig

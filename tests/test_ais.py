@@ -80,6 +80,7 @@ def test_ais_on_a_positive_latent_in_unconstrained_space():
 
 
 def test_bdmc_sandwiches_exact_log_px(lg):
+
     x = lg.data(50)  # only the shape matters: BDMC simulates its own data
     res = bdmc(lg.model, lg.poor_guide, x, num_steps=300, num_chains=8, num_leapfrog=5)
     assert res.x.shape == x.shape and not torch.equal(res.x, x)

@@ -30,7 +30,8 @@ def _calls():
     curve = {1: _estimate(-3.0), 5: _estimate(-2.5), 50: _estimate(-2.2)}
     ais = {t: AISEstimate(per_image=torch.full((4,), -2.1 + 0.01 * t), num_samples=3,
                           ess=torch.ones(4), betas=torch.linspace(0, 1, t + 1),
-                          step_size=torch.full((t - 1,), 0.1), acceptance=torch.full((t - 1,), 0.6),
+                          image_step_sizes=torch.full((t - 1, 4), 0.1),
+                          image_acceptance=torch.full((t - 1, 4), 0.6),
                           evaluations=30 * t) for t in (3, 10)}
     bdmc = {t: BDMCResult(lower=torch.full((4,), -2.0 - 1 / t), upper=torch.full((4,), -2.0 + 1 / t),
                           x=x[:4], num_steps=t, num_chains=3, ess_forward=torch.ones(4),
@@ -40,6 +41,9 @@ def _calls():
                        elbo_amortized=torch.tensor([-3.0, -3.5, -2.0]),
                        elbo_optimal=torch.tensor([-2.5, -3.2, -0.9]), steps=100)
     return {
+        "plot_comparison": (True, lambda **k: plots.plot_comparison(
+            [{"a": "svi", "b": "flow", "estimator": "ais",
+              "difference": {"mean": 0.4, "stderr_paired": 0.05, "stderr_unpaired": 0.8}}], **k)),
         "plot_sandwich": (False, lambda **k: plots.plot_sandwich(curve, ais, bdmc)),
         "plot_inference_gaps": (True, lambda **k: plots.plot_inference_gaps(gap, **k)),
         "plot_curves": (True, lambda **k: plots.plot_curves(history, **k)),
