@@ -7,7 +7,7 @@ guide fit (discrete sites marked for enumeration are summed out exactly).
 
 Two kinds of module: the **core** (components, models, the model protocol, estimators, AIS,
 BDMC, the gap split, plots), which imports nothing of the **run infrastructure** (data, train,
-distributed, launch, runs, checkpoint, resources, files); ``errors`` is shared.
+distributed, launch, runs, checkpoint, resources, files, evaluation); ``errors`` is shared.
 ``tests/test_layout.py`` holds the line, and that no module imports itself through others.
 """
 
@@ -53,6 +53,7 @@ from .ais import AISEstimate, ais_log_likelihood, linear_schedule, sigmoid_sched
 from .annealing import AnnealingTarget
 from .bdmc import BDMCResult, bdmc, simulate
 from .estimators import Estimate, bound_curve, elbo, log_likelihood, log_weights, pareto_khat
+from .evaluation import paired_difference
 from .inference_gap import InferenceGap, LocalGaussianGuide, fit_local_guide, inference_gap
 from .latents import batched, class_pairs, interpolate
 from .likelihoods import (
@@ -184,6 +185,7 @@ __all__ = [
     "inference_gap",
     "active_units",
     "kl_per_dimension",
+    "paired_difference",
     # the latent space of any model
     "batched",
     "class_pairs",

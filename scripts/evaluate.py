@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 
-from _cli import MAX_SIZE, check_seed, make_parser, run_main, save_figures
+from _cli import MAX_SIZE, Interrupted, check_seed, make_parser, run_main, save_figures
 from pyro_vae import distributed
 from pyro_vae.ais import AISEstimate, ais_log_likelihood, merge_ais
 from pyro_vae.annealing import TUNE_PASSES, gradient_evaluations, schedule_betas
@@ -470,14 +470,22 @@ def evaluate(run, world):
               f"{(discrete.enumerated + discrete.discrete_sampled)[0]!r}, and the split's best "
               "local q* is a Gaussian over continuous sites")
         second, todo2 = [], []
-    for phase in (todo, todo2):
-        results.update(run_tasks(
-            world, phase, lambda t: compute(t, vae, x_test, cfg, family, results),
-            run.store.save, cost=lambda t: task_cost(cfg, t)))
+    t0 = time.perf_counter()
+    try:
+        for phase in (todo, todo2):
+            results.update(run_tasks(
+                world, phase, lambda t: compute(t, vae, x_test, cfg, family, results),
+                run.store.save, cost=lambda t: task_cost(cfg, t)))
+    except KeyboardInterrupt:
+        saved = len(run.store.load()) if world.is_main else 0
+        raise Interrupted(f"{saved} of {len(first) + len(second)} chunks are saved in "
+                          f"{run.store.folder}; finish the evaluation with the same command "
+                          "and --resume") from None
+    seconds = time.perf_counter() - t0
     world.agree()  # rank 0 writes alone; a failure there stops the others at their next agreement
     if not world.is_main:
         return None
-    return write_results(run, results, first + second)
+    return write_results(run, results, first + second, seconds, world.size)
 
 
 def _stack(results, tasks, name, field_):
@@ -575,7 +583,7 @@ def write_csv(path, columns, rows):
                         for v in row])
 
 
-def write_results(run, results, tasks):
+def write_results(run, results, tasks, seconds, processes):
     """evaluation.json, the CSV files and the figures of one run; prints the summary."""
     cfg, vae, out, x_test = run.cfg, run.vae, run.out, run.data.x_test
     train_cfg = run.state["config"]
@@ -592,6 +600,8 @@ def write_results(run, results, tasks):
         "bound_curve_images": cfg.curve_images,
         "active_units": n_active, "active_threshold": ACTIVE_THRESHOLD,
         "activity": activity.tolist(), "quantity": what,
+        # the estimates' time in this invocation (a resumed one: only its chunks)
+        "estimation_seconds": seconds, "processes": processes,
     }
     if hasattr(vae, "accuracy"):  # M2: its classifier q(y|x) on the labelled test images
         result["test_accuracy"] = vae.accuracy(run.data.x_test, run.data.y_test)

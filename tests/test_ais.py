@@ -87,7 +87,9 @@ def test_bdmc_sandwiches_exact_log_px(lg):
     exact = lg.exact_log_px(res.x)
     assert res.lower.mean() <= exact.mean() + 0.02
     assert exact.mean() <= res.upper.mean() + 0.02
-    assert 0 <= res.gap.mean() < 0.3
+    # E[gap] >= 0; converged, the mean gap over 50 images is 0 up to its standard error
+    se = res.gap.std() / res.gap.numel() ** 0.5
+    assert -3 * se < res.gap.mean() < 0.3
     # with too few steps the sandwich is loose, and both sides still hold
     pyro.set_rng_seed(1)
     short = bdmc(lg.model, lg.poor_guide, x, num_steps=3, num_chains=8, num_leapfrog=5)

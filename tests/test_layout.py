@@ -6,7 +6,7 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyro_vae")
 INFRASTRUCTURE = {"data", "train", "distributed", "launch", "runs", "checkpoint", "resources",
-                  "files"}
+                  "files", "evaluation"}
 SHARED = {"errors", "__init__"}
 
 

@@ -127,7 +127,7 @@ def test_a_corrupt_checkpoint_last_names_the_best_one(capsys, tmp_path, vae_run)
 # --- 4. sizes checked before the work -----------------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [
-    (["--ais-chains", 10**8], "--ais-chains 100000000 --ais-steps 100 needs about"),
+    (["--ais-chains", 10**8], "--ais-chains 100000000 --ais-steps 200 needs about"),
     (["--ais-steps", 10**9], "--ais-steps 1000000000 needs about"),
     (["--samples", 2**40], "--samples must be at most 2,147,483,647"),
     (["--curve", f"1,{2**40}"], "--curve values must be at most"),
