@@ -65,6 +65,7 @@ _LOCAL_MATHJAX = ["/usr/share/javascript/mathjax/MathJax.js", "/usr/share/mathja
 for _path in _LOCAL_MATHJAX:
     if os.path.exists(_path):
         mathjax_path = f"file://{_path}?config=TeX-AMS_SVG"
+        mathjax2_config = {"SVG": {"linebreaks": {"automatic": True}}}  # wide equations wrap
         break
 
 # -- HTML
