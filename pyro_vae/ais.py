@@ -17,7 +17,7 @@ The mean weight is an unbiased estimate of p(x), so its log is a stochastic lowe
 
 HMC runs on every continuous latent site jointly (discrete sites marked for enumeration are
 summed out of the densities, :mod:`pyro_vae.annealing`), in unconstrained space: z = T(u) with
-``T = biject_to(site support)``, so the density on u gains log |det dT/du|; g is a ratio of
+``T = biject_to(site support)``, so the density on u gains ``log |det dT/du|``; g is a ratio of
 densities on the same z and needs no Jacobian. Gradients come from autograd through the
 replayed model and guide.
 

@@ -8,7 +8,7 @@ trained here on the real training images instead of an Inception network:
 - **class entropy**: the entropy (nats) of the histogram of predicted classes; log 10 = 2.30 when
   every class is generated equally often, 0 when every sample is the same digit;
 - **Frechet distance** between Gaussians fitted to classifier features of the samples and of
-  held-out real images:  |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1^{1/2} S_2 S_1^{1/2})^{1/2}).
+  held-out real images: ``|mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1^{1/2} S_2 S_1^{1/2})^{1/2})``.
 """
 
 from dataclasses import dataclass

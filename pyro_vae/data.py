@@ -46,6 +46,9 @@ __all__ = [
     "semi_supervised",
 ]
 
+#: The values of ``binarize=`` (``--binarize``): ``"dynamic"`` binarizes every training batch
+#: afresh (:func:`batches`) and the test set once, ``"static"`` train and test once, ``"none"``
+#: keeps grey levels.
 BINARIZATIONS = ("dynamic", "static", "none")
 
 # Seeds that fix the offline split and the one-off binarizations; part of the data, not of a run.
@@ -407,6 +410,8 @@ def load_npz(path):
     return (x_train, y_train, x_test, y_test), f"{path} (.npz)"
 
 
+#: name -> loader of a built-in dataset (``--dataset``); any other ``--dataset`` is an ``.npz``
+#: path (:func:`load_npz`).
 DATASETS = {"mnist": _load_mnist, "fashion-mnist": _load_fashion_mnist}
 
 

@@ -70,7 +70,7 @@ class FullCovarianceEncoder(nn.Module):
 class FlowEncoder(nn.Module):
     """q(z|x): the diagonal Normal of :class:`DiagonalNormalEncoder` pushed through
     ``num_flows`` inverse autoregressive flows (Kingma et al., 2016), shared across images:
-    z = f_K(...f_1(z_0)), log q(z|x) = log q_0(z_0|x) - sum_k log |det J_{f_k}|.
+    ``z = f_K(...f_1(z_0))``, ``log q(z|x) = log q_0(z_0|x) - sum_k log |det J_{f_k}|``.
 
     IAF samples in one pass and scores its own samples from a cache, which is all that SVI and
     the importance-weighted estimators ask of a guide. Its mean has no closed form.
@@ -92,7 +92,7 @@ class FlowEncoder(nn.Module):
         return dist.TransformedDistribution(self.base(x), list(self.flows))
 
 
-# name -> class taking (net, latent_dim); ``cls.out_dim(latent_dim)`` sizes the net.
+#: name -> class taking (net, latent_dim); ``cls.out_dim(latent_dim)`` sizes the net.
 ENCODERS = {
     "diagonal": DiagonalNormalEncoder,
     "full": FullCovarianceEncoder,

@@ -173,7 +173,7 @@ class BetaLikelihood(_Likelihood):
         return (x > 0) & (x < 1)
 
 
-# name -> constructor taking the decoder net
+#: name -> constructor taking the decoder net
 LIKELIHOODS = {
     "bernoulli": BernoulliLikelihood,
     "continuous-bernoulli": ContinuousBernoulliLikelihood,

@@ -26,7 +26,7 @@ __all__ = [
     "mlp",
 ]
 
-# name -> activation module class
+#: name -> activation module class
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU,
                "softplus": nn.Softplus, "tanh": nn.Tanh}
 
@@ -138,5 +138,5 @@ class ConvDecoderNet(nn.Module):
         return out.reshape(*batch, *self.image_shape)
 
 
-# name -> (encoder net class, decoder net class)
+#: name -> (encoder net class, decoder net class)
 NETS = {"mlp": (MLPEncoderNet, MLPDecoderNet), "conv": (ConvEncoderNet, ConvDecoderNet)}

@@ -78,7 +78,7 @@ class MaskingNoise(_Noise):
         return x * keep.to(x.dtype)
 
 
-# name -> class taking the level
+#: name -> class taking the level
 NOISES = {cls.name: cls for cls in (GaussianNoise, SaltAndPepperNoise, MaskingNoise)}
 
 

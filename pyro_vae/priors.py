@@ -2,7 +2,7 @@
 
 A prior takes no input; under the model's ``pyro.plate("data", N)`` (and any particle plate
 outside it) Pyro broadcasts its batch shape ``()`` to the plates' shape. Learnable priors hold
-their parameters as ordinary ``nn.Parameter``s, trained with the rest of the VAE.
+their parameters as ordinary ``nn.Parameter`` objects, trained with the rest of the VAE.
 
 Every class has ``build(latent_dim, encoder=..., image_shape=...)``, through which
 :func:`pyro_vae.build.build_vae` constructs any prior without asking which one it is.
@@ -105,7 +105,7 @@ class VampPrior(_Prior):
 class FlowPrior(_Prior):
     """p(z): N(0, I) pushed through ``num_flows`` affine coupling layers, each followed by a
     reversal of the coordinates, so that every coordinate is transformed:
-    log p(z) = log N(f^{-1}(z); 0, I) + log |det J_{f^{-1}}(z)|.
+    ``log p(z) = log N(f^{-1}(z); 0, I) + log |det J_{f^{-1}}(z)|``.
 
     Affine coupling is cheap in both directions: scoring z (the model) and sampling (generation).
     """
@@ -129,7 +129,7 @@ class FlowPrior(_Prior):
         return dist.TransformedDistribution(base, transforms)
 
 
-# name -> class; ``cls.build(latent_dim, encoder=..., image_shape=...)`` constructs it.
+#: name -> class; ``cls.build(latent_dim, encoder=..., image_shape=...)`` constructs it.
 PRIORS = {
     "normal": StandardNormalPrior,
     "learned-normal": LearnedNormalPrior,

@@ -40,9 +40,9 @@ __all__ = [
 # On a GPU the loss is read on the host (and ranks agree) every this many steps.
 CUDA_CHECK_EVERY = 20
 
-# name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=).
-# "meanfield" uses closed-form KL(q || p) where torch knows it (e.g. diagonal Normal vs the
-# standard normal prior); "iwae" is the importance-weighted bound with K = num_particles.
+#: name -> ELBO class taking (num_particles=, vectorize_particles=, max_plate_nesting=).
+#: "meanfield" uses closed-form KL(q || p) where torch knows it (e.g. diagonal Normal vs the
+#: standard normal prior); "iwae" is the importance-weighted bound with K = num_particles.
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": IWAE}
 
 

@@ -1,6 +1,6 @@
-"""Every component the README lists trains and evaluates end to end (issue: reliability round
-three, item 1): evaluate.py's IWAE bounds, AIS, BDMC and the gap split on a tiny run of each
-prior, likelihood and posterior of the registries, in this process."""
+"""Every component docs/guide/components.md lists trains and evaluates end to end (issue:
+reliability round three, item 1): evaluate.py's IWAE bounds, AIS, BDMC and the gap split on a tiny
+run of each prior, likelihood and posterior of the registries, in this process."""
 
 import json
 import math

@@ -1,8 +1,8 @@
 """Bad input gets one clear line and exit code 2; nothing saved is lost; runs resume exactly.
 
-One test per row of README's "What bad input gets" table. Each calls a script's ``main`` (in this
-process, so that a hundred refusals cost seconds; the subprocess tests in test_scripts.py cover
-the same ``main`` as a program) and asserts the exit code, the one error line, and that no file
+One test per row of the "What bad input gets" table (docs/guide/bad-input.md). Each calls a
+script's ``main`` (in this process, so that a hundred refusals cost seconds; the subprocess tests
+in test_scripts.py cover the same ``main`` as a program) and asserts the exit code, the one error line, and that no file
 under the test's folder was created or changed.
 """
 
