@@ -17,7 +17,7 @@ from pyro_vae.train import make_elbo
 from conftest import ROOT, tiny_images
 
 BENCHMARKS = {"bench_svi_step.py", "bench_loglik.py", "bench_ais.py", "bench_quality.py",
-              "bench_ddp.py"}
+              "bench_ddp.py", "bench_eval.py", "bench_ais_settings.py"}
 
 
 def _run(name, *args):
@@ -77,7 +77,9 @@ def test_ais_benchmark_runs_and_ends_with_its_ratio():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio \d+\.\d\d", lines[-1]), lines[-1]
-    assert any(line.startswith("AIS peak memory: 2 stages") for line in lines)
+    memory = next(line for line in lines if line.startswith("AIS peak memory: 2 stages"))
+    peaks = [float(m) for m in re.findall(r"(\d+\.\d) MB", memory)]
+    assert len(peaks) == 2 and all(p > 0 for p in peaks)  # measured, not a 0 that cannot move
 
 
 def test_quality_benchmark_trains_both_models_on_a_subset_and_ends_with_the_difference(tmp_path):
@@ -105,3 +107,36 @@ def test_ddp_benchmark_runs_one_and_two_processes_and_ends_with_its_efficiency()
     assert re.fullmatch(r"efficiency \d+\.\d\d", lines[-1]), lines[-1]
     assert lines[1].startswith("1 process x 1 thread:") and " efficiency 1.00 " in lines[1]
     assert lines[2].startswith("2 processes x 1 thread:")
+
+
+def test_eval_benchmark_runs_one_and_two_processes_and_ends_with_its_efficiency(tmp_path):
+    proc = _run("bench_eval.py", "--max-procs", "2", "--images", "20", "--samples", "5",
+                "--ais-steps", "3", "--data-root", str(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"efficiency \d+\.\d\d", lines[-1]), lines[-1]
+    assert lines[1].startswith("1 process x 1 thread:") and " efficiency 1.00" in lines[1]
+    assert lines[2].startswith("2 processes x 1 thread:") and "DIFFERS" not in lines[2]
+
+
+def test_ais_settings_benchmark_runs_and_names_the_best_setting(tmp_path):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=(g.random((60, 6, 6)) * 255).astype(np.uint8),
+             x_test=(g.random((10, 6, 6)) * 255).astype(np.uint8))
+    train = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_svi.py"),
+                            "--dataset", str(data), "--epochs", "1", "--latent-dim", "2",
+                            "--hidden-dim", "8", "--quiet", "--eval-images", "2",
+                            "--eval-samples", "2", "--out", str(tmp_path / "run")],
+                           capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr
+    proc = _run("bench_ais_settings.py", str(tmp_path / "run"), "--images", "4", "--samples",
+                "10", "--settings", "5x2x2,3x2x1", "--budget", "100")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if re.match(r" *\d+x\d+x\d+ ", line)}
+    assert set(rows) == {"5x2x2", "3x2x1"}
+    assert int(rows["5x2x2"][1].replace(",", "")) == 200  # (2 x 4 + 4 x (15 + 2 x 4)) x 2
+    assert lines[-1] == "best 3x2x1"  # the only setting within 100 evaluations

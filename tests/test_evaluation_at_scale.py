@@ -112,10 +112,7 @@ def test_a_run_killed_mid_ais_resumes_to_the_uninterrupted_files(run, reference,
                             stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=ROOT, **ONE_THREAD))
     chunks = out / "evaluation_chunks"
-    deadline = time.time() + 300
-    while not (chunks.is_dir() and any(n.startswith("ais300") for n in os.listdir(chunks))):
-        assert proc.poll() is None and time.time() < deadline, "no AIS chunk was saved"
-        time.sleep(0.02)
+    _wait_for_chunk(proc, chunks, "ais300")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "per_image.csv").exists()  # killed before the end
@@ -125,6 +122,37 @@ def test_a_run_killed_mid_ais_resumes_to_the_uninterrupted_files(run, reference,
     assert f"{saved} saved already" in resumed.stdout
     for name in ("per_image.csv", "bdmc_per_image.csv"):
         assert _rows(out / name) == _rows(reference / name), name
+
+
+def _wait_for_chunk(proc, chunks, prefix):
+    deadline = time.time() + 300
+    while not (chunks.is_dir() and any(n.startswith(prefix) for n in os.listdir(chunks))):
+        assert proc.poll() is None and time.time() < deadline, f"no {prefix} chunk was saved"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_on_one_rank_stops_both_with_one_line_and_resume_finishes(run, reference,
+                                                                         tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", os.path.join(ROOT, "scripts", "evaluate.py"),
+                             run, *EVAL, "--out", out], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    _wait_for_chunk(proc, out / "evaluation_chunks", "ais300")
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evaluate.py"],
+                           capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2
+    os.kill(int(max(ranks, key=int)), signal.SIGINT)  # one rank only
+    _, stderr = proc.communicate(timeout=300)  # every rank stops: no hang
+    assert proc.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith("evaluate.py:")]
+    assert len(ours) == 1 and "interrupted: " in ours[0] and "--resume" in ours[0], stderr
+    # the one traceback is torchrun's own report that a worker exited non-zero
+    assert stderr.count("Traceback") == stderr.count("errors.ChildFailedError:") == 1, stderr
+    resumed = _evaluate(run, *EVAL, "--out", out, "--resume", env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(out / "per_image.csv") == _rows(reference / "per_image.csv")
 
 
 def test_resume_refuses_what_would_change_the_numbers(capsys, run, reference, tmp_path):
