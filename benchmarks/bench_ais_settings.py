@@ -52,7 +52,13 @@ def main():
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    settings = [setting(s) for s in args.settings.split(",")]
+    try:
+        settings = [setting(s) for s in args.settings.split(",")]
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    if args.images < 2 or args.samples < 1 or min(min(s) for s in settings) < 1:
+        parser.error("--images must be at least 2, and --samples and every setting's numbers "
+                     "positive")
     state = load_checkpoint(find_checkpoint(args.run))
     data = load_dataset(state["config"]["dataset"], args.data_root, download=False,
                         binarize=state["config"]["binarize"])

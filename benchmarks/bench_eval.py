@@ -64,6 +64,11 @@ def main():
     cores = os.cpu_count() or 1
     available = torch.cuda.device_count() if args.device == "cuda" else cores
     max_procs = args.max_procs or available
+    if args.device not in ("cpu", "cuda") or available < 1:
+        parser.error(f"--device {args.device}: none is available here; use cpu or cuda")
+    for name in ("max_procs", "images", "samples", "ais_steps"):
+        if (getattr(args, name) or 1) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
         if run is None:

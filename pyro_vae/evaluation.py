@@ -5,10 +5,10 @@ The test set is cut into chunks of :data:`CHUNK` images, counted from its start.
 (a *task name*: ``"iwae"``, ``"curve"``, ``"ais100"``, ...) runs on a chunk as one unit of work
 (a :class:`Task`), and every random draw it makes there comes from torch's global generator
 seeded by :func:`stream_seed` (the evaluation's seed, the task's name and the chunk's index).
-An image's estimates therefore depend on its chunk and on nothing else: not on the number of
-processes, not on which rank ran the chunk, not on whether the evaluation was resumed. (On the
-CPU, floating-point sums can still differ in the last bits between thread counts; the same
-count gives the same bits.)
+An image's estimates therefore depend on its chunk (and on how many of the chunk's images are
+evaluated, where a count ends inside it), not on the number of processes, not on which rank ran
+the chunk, not on whether the evaluation was resumed. (On the CPU, floating-point sums can still
+differ in the last bits between thread counts; the same count gives the same bits.)
 
 A :class:`ChunkStore` keeps each finished chunk as a file of its own, written atomically as it
 finishes, beside the settings that fix the numbers; an evaluation that resumes computes only the

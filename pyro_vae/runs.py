@@ -76,9 +76,9 @@ def check_out(path, files, overwrite=False, *, flag="--out", what="a run"):
                        f"choose another {flag}") from None
     found = [f for f in files if os.path.lexists(os.path.join(path, f))]
     if found and not overwrite:
+        resume = "--resume to continue it, " if what in ("a run", "an evaluation") else ""
         raise RunError(f"{path} already holds {what} ({found[0]}); pass --overwrite to replace "
-                       f"it, {'--resume to continue it, ' if what == 'a run' else ''}"
-                       f"or choose another {flag}")
+                       f"it, {resume}or choose another {flag}")
 
 
 def check_run_dir(path, files, overwrite=False):

@@ -274,9 +274,9 @@ def task_cost(cfg, task):
     return per_image * task.size
 
 
-def estimate_time(cfg, vae, x, tasks):
-    """Say, before the work, how many model-and-guide evaluations it takes and about how long,
-    from the time of one evaluation with gradients here. Refuses nothing."""
+def estimate_time(cfg, vae, x, tasks, processes=1):
+    """Say, before the work, how many model-and-guide evaluations it takes and about how long
+    over ``processes``, from the time of an evaluation with gradients here. Refuses nothing."""
     from pyro_vae.annealing import AnnealingTarget
 
     target = AnnealingTarget(vae.model, vae.guide, x[:8], 128)  # a chunk's batch, about
@@ -289,10 +289,11 @@ def estimate_time(cfg, vae, x, tasks):
         times.append(time.perf_counter() - t0)
     rate = 128 * len(x[:8]) / max(sorted(times)[1], 1e-9)  # pairs per second (the median)
     work = sum(task_cost(cfg, t) for t in tasks)
-    seconds = work / rate
+    seconds = work / rate / processes
     if seconds > 60:
         print(f"[{PROG}] about {work:,.0f} evaluations of model and guide, about "
-              f"{_duration(seconds)} at {rate:,.0f} per second in this process")
+              f"{_duration(seconds)} at {rate:,.0f} per second in "
+              + ("this process" if processes == 1 else f"each of {processes} processes"))
     return seconds
 
 
@@ -331,6 +332,25 @@ def _gap_family(train_cfg):
     return "full" if train_cfg.get("posterior") == "full" else "diagonal"
 
 
+# The per-image estimates of each estimator's payload, which must be finite numbers.
+_ESTIMATES = {"iwae": ("iwae", "elbo"), "ais": ("per_image",), "bdmc": ("lower", "upper"),
+              "gap": ("elbo_amortized", "elbo_optimal")}
+
+
+def checked(task, payload):
+    """``payload``, once its estimates are finite: a NaN or infinite estimate stops the
+    evaluation (every rank, at the agreement that follows) in one line naming the images."""
+    for field_ in _ESTIMATES.get(_kind(task.name)[0], ()):
+        bad = (~torch.isfinite(payload[field_])).nonzero().flatten()
+        if len(bad):
+            images = "simulated images" if task.name.startswith("bdmc") else "test images"
+            raise RunError(f"the {task.name} estimate is {payload[field_][bad[0]].item()} on "
+                           f"{len(bad)} of {images} {task.start}..{task.stop - 1} (the first: "
+                           f"{task.start + bad[0].item()}): the model gives them non-finite "
+                           "densities; nothing of that chunk was saved")
+    return payload
+
+
 def compute(task, vae, x_test, cfg, family, results):
     """The payload of ``task``: per-image tensors (on the CPU) and the chunk's diagnostics.
     Every draw comes from the task's stream; BDMC's is the same at every schedule, so that each
@@ -365,6 +385,13 @@ def compute(task, vae, x_test, cfg, family, results):
             "elbo_optimal": gap.elbo_optimal, "steps": gap.steps}
 
 
+def _stale_gap(task, results, cfg):
+    """Whether the saved gap chunk ``task`` was made from other AIS values than those saved now
+    for its images (its AIS chunk was computed again since)."""
+    ais = results[f"ais{cfg.ais_steps[-1]}-{task.chunk:06d}"]["per_image"][: task.size]
+    return not torch.equal(results[task.key]["log_px"], ais)
+
+
 def _todo(tasks, done):
     """The tasks whose chunk is not saved whole (a chunk saved with fewer images, before the
     image count grew, is computed again)."""
@@ -396,11 +423,15 @@ def check_settings(store, settings, out):
                 raise ConfigError(f"the checkpoint is not the one the evaluation in {out} "
                                   "started from (it was trained further or replaced); start "
                                   "again with --overwrite, or choose another --out")
-            flag = f"--{name.replace('_', '-')}" if name in FIXED else name
             shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
-            raise ConfigError(f"{flag} {shown(value)} differs from the evaluation being resumed "
-                              f"in {out} ({shown(saved.get(name))}); pass the same, or start "
-                              "again with --overwrite")
+            if name in FIXED or name == "device":
+                raise ConfigError(f"--{name.replace('_', '-')} {shown(value)} differs from the "
+                                  f"evaluation being resumed in {out} ({shown(saved.get(name))});"
+                                  " pass the same, or start again with --overwrite")
+            raise ConfigError(f"the evaluation in {out} was made with {name} "
+                              f"{shown(saved.get(name))}, and this one has {shown(value)} (other "
+                              "data, or another version of evaluate.py); start again with "
+                              "--overwrite, or choose another --out")
 
 
 @dataclass
@@ -418,9 +449,10 @@ class Prepared:
     cfg: Config
 
 
-def prepare(cfg, path, out, world):
+def prepare(cfg, path, out, world, not_started_ok=False):
     """Everything checked for one run before any estimate: the checkpoint, the data, the sizes,
-    the output folder (and on --resume the saved settings)."""
+    the output folder (and on --resume the saved settings; with ``not_started_ok``, a run of a
+    comparison whose evaluation had not begun when it stopped starts afresh)."""
     state = load_checkpoint(path)
     train_cfg = state["config"]
     device = world.device or resolve_device(cfg.device)
@@ -433,6 +465,8 @@ def prepare(cfg, path, out, world):
     check_memory(cfg, fill_earlier(train_cfg), math.prod(data.image_shape), device)
     store = ChunkStore(os.path.join(out, STORE))
     settings = settings_of(cfg, path, train_cfg, data.source, device)
+    if cfg.resume and not store.exists and not_started_ok:
+        cfg.resume = False  # a comparison stopped before this run's evaluation began
     if cfg.resume:
         check_settings(store, settings, out)
         check_out(out, (), what="an evaluation")
@@ -451,38 +485,43 @@ def evaluate(run, world):
         if not cfg.resume:
             run.store.create(run.settings)
     world.agree()
-    done = world.gather({k: v for k, v in run.store.load().items()} if world.is_main else None)[0]
+    done = world.gather(run.store.load() if world.is_main else None)[0]
+    discrete = check_program(vae.model, vae.guide, x_test[:2])
+    discrete = (discrete.enumerated + discrete.discrete_sampled)[:1]
+    if discrete and cfg.gap_images:
+        print(f"[{PROG}] no inference-gap split: the model has the discrete latent "
+              f"{discrete[0]!r}, and the split's best local q* is a Gaussian over continuous "
+              "sites")
+        cfg.gap_images = 0
     first, second = plan(cfg)
     todo = _todo(first, done)
-    redone = {t.key for t in todo}
-    longest = f"ais{cfg.ais_steps[-1]}"
-    todo2 = [t for t in second if t in _todo(second, done)
-             or f"{longest}-{t.chunk:06d}" in redone]
+    results = {k: payload for k, (_, payload) in done.items()}
+    saved = {t.key for t in first + second} - {t.key for t in todo + _todo(second, done)}
     if world.is_main:
         print(f"[{PROG}] {run.path} (epoch {run.state['epoch']}): {cfg.images} test images of "
               f"{run.data.source}, K = {cfg.samples}; {len(first) + len(second)} chunks"
-              + (f", {len(first) + len(second) - len(todo) - len(todo2)} saved already"
-                 if cfg.resume else "")
+              + (f", {len(saved)} saved already" if cfg.resume else "")
               + (f", over {world.size} processes" if world.size > 1 else ""))
-        if todo or todo2:
-            estimate_time(cfg, vae, x_test, todo + todo2)
-    results = {k: payload for k, (_, payload) in done.items()}
+        if todo or second:
+            estimate_time(cfg, vae, x_test, todo + _todo(second, done), world.size)
     family = _gap_family(run.state["config"])
-    discrete = check_program(vae.model, vae.guide, x_test[:2])
-    if todo2 and (discrete.enumerated or discrete.discrete_sampled):
-        print(f"[{PROG}] no inference-gap split: the model has the discrete latent "
-              f"{(discrete.enumerated + discrete.discrete_sampled)[0]!r}, and the split's best "
-              "local q* is a Gaussian over continuous sites")
-        second, todo2 = [], []
+
+    def save(task, payload):
+        run.store.save(task, payload)
+        saved.add(task.key)
+
     t0 = time.perf_counter()
     try:
-        for phase in (todo, todo2):
-            results.update(run_tasks(
-                world, phase, lambda t: compute(t, vae, x_test, cfg, family, results),
-                run.store.save, cost=lambda t: task_cost(cfg, t)))
+        results.update(run_tasks(world, todo, lambda t: checked(t, compute(
+            t, vae, x_test, cfg, family, results)), save,
+                                 cost=lambda t: task_cost(cfg, t)))
+        # a gap chunk is computed again unless it was made from the AIS values now saved
+        todo2 = [t for t in second if t in _todo(second, done) or _stale_gap(t, results, cfg)]
+        results.update(run_tasks(world, todo2, lambda t: checked(t, compute(
+            t, vae, x_test, cfg, family, results)), save,
+                                 cost=lambda t: task_cost(cfg, t)))
     except KeyboardInterrupt:
-        saved = len(run.store.load()) if world.is_main else 0
-        raise Interrupted(f"{saved} of {len(first) + len(second)} chunks are saved in "
+        raise Interrupted(f"{len(saved)} of {len(first) + len(second)} chunks are saved in "
                           f"{run.store.folder}; finish the evaluation with the same command "
                           "and --resume") from None
     seconds = time.perf_counter() - t0
@@ -705,12 +744,10 @@ def _quantity(train_cfg):
 # --- several runs: the paired comparison -----------------------------------------------------
 
 def run_names(paths):
-    """A folder name per run: its directory's name (a checkpoint file: its folder's), made
-    unique with -2, -3, ..."""
+    """A folder name per run: the name of its checkpoint's folder, made unique with -2, -3, ..."""
     names = []
     for path in paths:
-        path = os.path.abspath(path)
-        base = os.path.basename(path if os.path.isdir(path) else os.path.dirname(path)) or "run"
+        base = os.path.basename(os.path.dirname(os.path.abspath(path))) or "run"
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
@@ -775,7 +812,8 @@ def run(cfg):
     else:
         check_out(cfg.out, COMPARISON, cfg.overwrite or cfg.resume, what="a comparison")
         outs = [os.path.join(cfg.out, name) for name in run_names(paths)]
-    prepared = [prepare(cfg, path, out, world) for path, out in zip(paths, outs)]
+    prepared = [prepare(cfg, path, out, world, not_started_ok=len(paths) > 1)
+                for path, out in zip(paths, outs)]
     if len(prepared) > 1:
         check_comparable(prepared)
     world.agree()  # every rank checked everything before rank 0 creates anything

@@ -78,7 +78,7 @@ def test_ais_benchmark_runs_and_ends_with_its_ratio():
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio \d+\.\d\d", lines[-1]), lines[-1]
     memory = next(line for line in lines if line.startswith("AIS peak memory: 2 stages"))
-    peaks = [float(m) for m in re.findall(r"(\d+\.\d) MB", memory)]
+    peaks = [float(m) for m in re.findall(r"(-?\d+\.\d) MB", memory)]
     assert len(peaks) == 2 and all(p > 0 for p in peaks)  # measured, not a 0 that cannot move
 
 
