@@ -385,11 +385,18 @@ def test_train_baselines_runs_as_one_job(tiny_npz, tmp_path):
 
 
 def test_scripts_that_run_in_one_process_refuse_torchrun(tmp_path):
-    proc = torchrun("evaluate.py", 2, tmp_path, cwd=tmp_path)
+    proc = torchrun("compare.py", 2, "--out", tmp_path / "report", cwd=tmp_path)
     assert proc.returncode != 0
-    assert "evaluate.py: error: evaluate.py runs in one process; start it with python, not " \
+    assert "compare.py: error: compare.py runs in one process; start it with python, not " \
            "torchrun" in proc.stderr
-    assert proc.stderr.count("evaluate.py: error:") == 1
+    assert proc.stderr.count("compare.py: error:") == 1
+
+
+def test_evaluate_under_torchrun_says_a_mistake_once(tmp_path):
+    proc = torchrun("evaluate.py", 2, tmp_path / "nowhere", cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluate.py:")]
+    assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: ") and "nowhere" in lines[0]
 
 
 @pytest.mark.parametrize("model,args", [("m2", ["--labels", "20"]),
