@@ -267,8 +267,8 @@ def hmc_step(target, state, beta, step_size, num_leapfrog):
 
 def initial_step_size(target, u, num_leapfrog, rounds=_INITIAL_ROUNDS):
     """Step sizes ``(N,)`` for f_0 = pi_0, where the chains start in equilibrium: from 0.01, x1.5
-    or /1.5 per HMC round toward the target acceptance; the pilot's passes (:func:`tune_step_sizes`)
-    start every stage from them."""
+    or /1.5 per HMC round toward the target acceptance; the pilot (:func:`tune_step_sizes`)
+    starts its first pass from them."""
     state = (u,) + target.evaluate(u)
     eps = torch.full((u.shape[1],), 0.01, device=u.device)
     for _ in range(rounds):
