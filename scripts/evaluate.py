@@ -1,6 +1,6 @@
 """Estimate the marginal log-likelihood of trained VAEs on their test set, with diagnostics.
 
-    python scripts/evaluate.py runs/svi                  # the default sizes: a few minutes on 2 cores
+    python scripts/evaluate.py runs/svi                  # the default sizes: 1 min 40 s on 2 cores
     python scripts/evaluate.py runs/svi --images all --ais-images all --resume
     torchrun --standalone --nproc_per_node=4 scripts/evaluate.py runs/svi --ais-images all
     python scripts/evaluate.py runs/a runs/b --out runs/a_vs_b    # paired comparison of two runs
