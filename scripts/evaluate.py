@@ -48,7 +48,9 @@ import torch
 from _cli import MAX_SIZE, Interrupted, check_seed, make_parser, run_main, save_figures
 from pyro_vae import distributed
 from pyro_vae.ais import AISEstimate, ais_log_likelihood, merge_ais
-from pyro_vae.annealing import TUNE_PASSES, gradient_evaluations, schedule_betas
+from pyro_vae.annealing import (
+    TUNE_PASSES, AnnealingTarget, gradient_evaluations, schedule_betas,
+)
 from pyro_vae.bdmc import BDMCResult, bdmc, merge_bdmc
 from pyro_vae.build import fill_earlier, vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
@@ -277,8 +279,6 @@ def task_cost(cfg, task):
 def estimate_time(cfg, vae, x, tasks, processes=1):
     """Say, before the work, how many model-and-guide evaluations it takes and about how long
     over ``processes``, from the time of an evaluation with gradients here. Refuses nothing."""
-    from pyro_vae.annealing import AnnealingTarget
-
     target = AnnealingTarget(vae.model, vae.guide, x[:8], 128)  # a chunk's batch, about
     u = target.initial()
     target.evaluate(u)  # the first evaluation runs Pyro's checks
@@ -494,16 +494,16 @@ def evaluate(run, world):
               "sites")
         cfg.gap_images = 0
     first, second = plan(cfg)
-    todo = _todo(first, done)
+    todo, unsaved_gaps = _todo(first, done), _todo(second, done)
     results = {k: payload for k, (_, payload) in done.items()}
-    saved = {t.key for t in first + second} - {t.key for t in todo + _todo(second, done)}
+    saved = {t.key for t in first + second} - {t.key for t in todo + unsaved_gaps}
     if world.is_main:
         print(f"[{PROG}] {run.path} (epoch {run.state['epoch']}): {cfg.images} test images of "
               f"{run.data.source}, K = {cfg.samples}; {len(first) + len(second)} chunks"
               + (f", {len(saved)} saved already" if cfg.resume else "")
               + (f", over {world.size} processes" if world.size > 1 else ""))
-        if todo or second:
-            estimate_time(cfg, vae, x_test, todo + _todo(second, done), world.size)
+        if todo or unsaved_gaps:
+            estimate_time(cfg, vae, x_test, todo + unsaved_gaps, world.size)
     family = _gap_family(run.state["config"])
 
     def save(task, payload):
@@ -516,7 +516,7 @@ def evaluate(run, world):
             t, vae, x_test, cfg, family, results)), save,
                                  cost=lambda t: task_cost(cfg, t)))
         # a gap chunk is computed again unless it was made from the AIS values now saved
-        todo2 = [t for t in second if t in _todo(second, done) or _stale_gap(t, results, cfg)]
+        todo2 = [t for t in second if t in unsaved_gaps or _stale_gap(t, results, cfg)]
         results.update(run_tasks(world, todo2, lambda t: checked(t, compute(
             t, vae, x_test, cfg, family, results)), save,
                                  cost=lambda t: task_cost(cfg, t)))
@@ -807,11 +807,12 @@ def run(cfg):
     check_flags(cfg)
     world = distributed.start(cfg.device)
     paths = [find_checkpoint(c) for c in cfg.checkpoints]
+    names = run_names(paths)
     if len(paths) == 1:
         outs = [cfg.out or os.path.dirname(os.path.abspath(paths[0]))]
     else:
         check_out(cfg.out, COMPARISON, cfg.overwrite or cfg.resume, what="a comparison")
-        outs = [os.path.join(cfg.out, name) for name in run_names(paths)]
+        outs = [os.path.join(cfg.out, name) for name in names]
     prepared = [prepare(cfg, path, out, world, not_started_ok=len(paths) > 1)
                 for path, out in zip(paths, outs)]
     if len(prepared) > 1:
@@ -823,7 +824,7 @@ def run(cfg):
             print(f"[{PROG}] run {i + 1} of {len(prepared)}: {run_.path} -> {run_.out}")
         results.append(evaluate(run_, world))
     if len(prepared) > 1 and world.is_main:
-        compare(run_names(paths), results, cfg.out, cfg)
+        compare(names, results, cfg.out, cfg)
     return results[0] if len(results) == 1 else results
 
 
