@@ -53,23 +53,19 @@ import contextlib
 import dataclasses
 import datetime
 import io
-import math
 import os
 import signal
 import sys
 import threading
-import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from .errors import NonFiniteLossError, RunError, UserError
 from .runs import DistributedRecorder, Recorder, resolve_device
-from .train import CUDA_CHECK_EVERY, batch_size_of, pyro_nan_warnings_off, set_learning_rate
-from .train import run_epochs as train_loop
+from .train import CUDA_CHECK_EVERY, Steps, batch_size_of
 
 __all__ = [
     "CUDA_CHECK_EVERY",
@@ -82,7 +78,6 @@ __all__ = [
     "env_world_size",
     "quiet",
     "rank_seed",
-    "run_epochs",
     "start",
     "together",
 ]
@@ -392,9 +387,9 @@ class World:
         train_sum, seen, total = self.sum([train_sum, seen, total])
         return train_sum / seen, total / n, seen
 
-    def run_epochs(self, *args, **kwargs):
-        """:func:`run_epochs` on this world."""
-        return run_epochs(self, *args, **kwargs)
+    def steps(self, module, optimizer, batch_loss, check_every, device):
+        """This rank's :class:`_RankSteps`, for :func:`pyro_vae.train.run_epochs`."""
+        return _RankSteps(self, module, optimizer, batch_loss, check_every, device)
 
     def _comm_device(self):
         if self.size > 1 and dist.get_backend() == "nccl":
@@ -409,96 +404,54 @@ class World:
         return DistributedRecorder(self, *args, **kwargs)
 
 
-def run_epochs(world, module, optimizer, batch_loss, test_loss, train, test, *, epochs,
-               batch_size, binarize, generator, start_epoch=0, on_epoch=None, progress=True,
-               columns=None, lr_at=None, check_every=None):
-    """:func:`pyro_vae.train.run_epochs` over the ranks of ``world``: each rank its share of
-    every global batch (:meth:`World.batches`), its loss through DDP (:meth:`World.wrap`)
-    scaled by ranks / global batch, the rows summed over ranks (:meth:`World.epoch_means`),
-    and an agreement at every check of the loss, where a failure kept on one rank stops all
-    (the module doc, "Stopping together"). A world of one runs the plain loop."""
-    if world.size == 1:
-        return train_loop(module, optimizer, batch_loss, test_loss, train, test, epochs=epochs,
-                          batch_size=batch_size, binarize=binarize, generator=generator,
-                          start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
-                          columns=columns, lr_at=lr_at, check_every=check_every)
-    device = (train["x"] if isinstance(train, dict) else train).device
-    check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-    forward = world.wrap(module, batch_loss)  # returns (loss, the error it kept)
-    pending = None  # this rank's failure, not yet told to the others
-    steps_per_epoch = math.ceil(batch_size_of(train) / batch_size)
-    history = []
-    quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
-    with world.deferring_interrupts(), quiet_pyro:
-        for epoch in range(start_epoch + 1, epochs + 1):
-            module.train()
-            extra = columns(epoch) if columns is not None else {}
-            t0 = time.perf_counter()
-            total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed, this rank
-            first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
-            seen = 0
-            bar = tqdm(world.batches(train, batch_size, binarize=binarize, generator=generator),
-                       total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not (progress and world.is_main), unit="batch")
-            for step, (xb, global_size) in enumerate(bar, 1):
-                check = check_every == 1 or step % check_every == 0 or step == steps_per_epoch
-                loss = None
-                try:  # a failed rank runs the empty share (a zero loss) until the agreement
-                    loss, error = forward(xb if pending is None else _empty(xb), epoch,
-                                          first=not history and step == 1)  # summed, (,)
-                    if error is not None:
-                        pending = error
-                    elif pending is None and check_every == 1:
-                        value = loss.item()
-                        if not math.isfinite(value):
-                            pending = NonFiniteLossError(epoch, step, value)
-                    elif pending is None:  # remember the first bad step on the device
-                        bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
-                        first_bad = torch.where(bad, step, first_bad)
-                except Exception as e:  # noqa: BLE001  (handed to the agreement)
-                    if pending is None:
-                        pending = e
-                if pending is None and check_every > 1 and check:
-                    bad_step = int(first_bad.item())  # the one host read of the window
-                    if bad_step:
-                        pending = NonFiniteLossError(epoch, bad_step, float("nan"))
-                # loss None: DDP's own forward failed, with nothing to backpropagate
-                if check or loss is None:
-                    world.agree(pending)  # raises if any rank failed
-                try:
-                    optimizer.zero_grad(set_to_none=True)
-                    # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
-                    (loss * (world.size / global_size)).backward()
-                    if pending is None:
-                        set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-                        optimizer.step()
-                        total += loss.detach()
-                        seen += batch_size_of(xb)
-                except Exception as e:  # noqa: BLE001  (handed to the next agreement)
-                    if pending is None:
-                        pending = e
-                if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
-                    bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
-            seconds = time.perf_counter() - t0
-            module.eval()
-            # the last step's failure, if any, is told here
-            train_loss, test_mean, images = world.epoch_means(pending, total.item(), seen,
-                                                              test_loss, test)
-            pending = None
-            row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_mean, **extra,
-                   "seconds": seconds, "images_per_second": images / seconds}
-            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 reports
-                world.agree(NonFiniteLossError(epoch, "test", row["test_loss"])
-                            if world.is_main else None)
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-    return history
+class _RankSteps(Steps):
+    """The training steps of one rank of several, for :func:`pyro_vae.train.run_epochs`: each
+    rank its share of every global batch (:meth:`World.batches`), its loss through DDP
+    (:meth:`World.wrap`) scaled by ranks / global batch, the rows summed over ranks
+    (:meth:`World.epoch_means`), and an agreement at every check of the loss, where a failure
+    kept on one rank stops all (the module doc, "Stopping together")."""
 
+    def __init__(self, world, module, optimizer, batch_loss, check_every, device):
+        super().__init__(module, optimizer, batch_loss, check_every, device)
+        self.world, self.reports = world, world.is_main
+        self.forward = world.wrap(module, batch_loss)  # -> (loss, the error it kept)
+        self.pending = None  # this rank's failure, not yet told to the others
 
-def _empty(batch):
-    """The batch with no rows: a failed rank's share until the agreement."""
-    return {k: v[:0] for k, v in batch.items()} if isinstance(batch, dict) else batch[:0]
+    def together(self):
+        return self.world.deferring_interrupts()
+
+    def batches(self, train, batch_size, *, binarize, generator):
+        return self.world.batches(train, batch_size, binarize=binarize, generator=generator)
+
+    def step(self, batch, global_size, epoch, step, *, first, check):
+        loss = None
+        try:  # a failed rank runs the empty share (a zero loss) until the agreement
+            if self.pending is not None:
+                batch = {k: v[:0] for k, v in batch.items()} if isinstance(batch, dict) else batch[:0]
+            loss, error = self.forward(batch, epoch, first=first)  # summed, (,)
+            if self.pending is None:
+                self.pending = error or self.nonfinite(loss, epoch, step, check)
+        except Exception as e:  # noqa: BLE001  (handed to the agreement)
+            self.pending = self.pending or e
+        if check or loss is None:  # loss None: DDP's own forward failed, nothing to backpropagate
+            self.world.agree(self.pending)  # raises if any rank failed
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            # DDP averages over ranks: size / B here makes it sum_r grad(loss_r) / B
+            (loss * (self.world.size / global_size)).backward()
+            if self.pending is None:
+                self.optimizer.step()
+        except Exception as e:  # noqa: BLE001  (handed to the next agreement)
+            self.pending = self.pending or e
+        return loss.detach() if self.pending is None else 0.0
+
+    def means(self, total, seen, test_loss, test):
+        # the last step's failure, if any, is told here
+        error, self.pending = self.pending, None
+        return self.world.epoch_means(error, total, seen, test_loss, test)
+
+    def fail(self, error):  # alike on every rank: rank 0 reports
+        self.world.agree(error if self.world.is_main else None)
 
 
 # The process's world, once :func:`start` made it.

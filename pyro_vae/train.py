@@ -1,6 +1,6 @@
 """The training loop of one process, SVI and autoencoder: minibatches from whole-dataset tensors
 (the images, or aligned fields such as labels), a torch optimizer, progress bars, a stop on the
-first non-finite loss. Several processes train in :func:`pyro_vae.distributed.run_epochs`.
+first non-finite loss. Several processes step with :meth:`pyro_vae.distributed.World.steps`.
 
 The loss is Pyro's ``ELBO.differentiable_loss(model, guide, x)``, or the model's own ``loss``
 (:mod:`pyro_vae.protocol`): -ELBO summed over the batch (a differentiable tensor). We step on its mean per image, so that the learning rate does not depend
@@ -26,6 +26,7 @@ __all__ = [
     "CUDA_CHECK_EVERY",
     "ELBOS",
     "NonFiniteLossError",
+    "Steps",
     "evaluate_autoencoder",
     "evaluate_loss",
     "fit",
@@ -137,6 +138,57 @@ def batch_size_of(batch):
     return (batch["x"] if isinstance(batch, dict) else batch).shape[0]
 
 
+class Steps:
+    """The training steps of one process, for :func:`run_epochs`: each batch's summed loss,
+    checked for NaN or infinity, backpropagated as its mean per image, stepped on.
+    :meth:`World.steps <pyro_vae.distributed.World.steps>` gives those of a rank of several."""
+
+    reports = True  # whether this process shows the progress bar
+
+    def __init__(self, module, optimizer, batch_loss, check_every, device):
+        self.optimizer, self.batch_loss, self.check_every = optimizer, batch_loss, check_every
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
+
+    def together(self):
+        """The context of the epochs (the ranks' agreement on leaving it)."""
+        return contextlib.nullcontext()
+
+    def batches(self, train, batch_size, *, binarize, generator):
+        """``(batch, images in the global batch)`` per step of an epoch."""
+        for batch in batches(train, batch_size, binarize=binarize, generator=generator):
+            yield batch, batch_size_of(batch)
+
+    def nonfinite(self, loss, epoch, step, check):
+        """The :class:`NonFiniteLossError` of this step's ``loss``, else None. With
+        ``check_every > 1`` the first bad step is kept on the device and read only where
+        ``check`` (the window's one host read)."""
+        if self.check_every == 1:
+            value = loss.item()
+            return None if math.isfinite(value) else NonFiniteLossError(epoch, step, value)
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad == 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        bad_step = int(self.first_bad.item()) if check else 0
+        return NonFiniteLossError(epoch, bad_step, float("nan")) if bad_step else None
+
+    def step(self, batch, global_size, epoch, step, *, first, check):
+        """One step; returns the batch's summed loss, detached."""
+        loss = self.batch_loss(batch, epoch, first=first)  # summed over the batch, (,)
+        error = self.nonfinite(loss, epoch, step, check)
+        if error is not None:
+            raise error
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * (1 / global_size)).backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def means(self, total, seen, test_loss, test):
+        """The epoch's mean training and test losses per image, and the images trained on."""
+        return total / seen, test_loss(test), seen
+
+    def fail(self, error):
+        raise error
+
+
 def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs, batch_size,
                binarize, generator, start_epoch=0, on_epoch=None, progress=True, columns=None,
                world=None, lr_at=None, check_every=None):
@@ -149,66 +201,48 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
     (``first``: the first step of this call); ``test_loss(x_test)`` the mean loss per image;
     ``columns(epoch)`` extra columns for the epoch's row; ``lr_at(t)`` the learning rate at
     the fraction t of the run's steps (:func:`lr_schedule`). Each step steps on the batch's
-    mean loss per image.
+    mean loss per image (:class:`Steps`).
 
     The loss is checked for NaN or infinity every ``check_every`` steps (default: every step
     on the CPU, where reading it costs no device sync, so that the optimizer never steps on it;
     :data:`CUDA_CHECK_EVERY` on a GPU, where a read is a sync: found on the device, then read)
     and at each epoch's end: :class:`NonFiniteLossError`.
 
-    ``world``: a :class:`~pyro_vae.distributed.World` of several processes runs the loop of
-    :func:`pyro_vae.distributed.run_epochs` instead, each rank its share of every batch.
+    ``world``: a :class:`~pyro_vae.distributed.World` of several processes steps with its
+    :meth:`~pyro_vae.distributed.World.steps`, each rank its share of every batch.
     """
-    if world is not None and world.size > 1:
-        return world.run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test,
-                         epochs=epochs, batch_size=batch_size, binarize=binarize,
-                         generator=generator, start_epoch=start_epoch, on_epoch=on_epoch,
-                         progress=progress, columns=columns, lr_at=lr_at,
-                         check_every=check_every)
     device = (x_train["x"] if isinstance(x_train, dict) else x_train).device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
+    several = world is not None and world.size > 1
+    steps = (world.steps if several else Steps)(module, optimizer, batch_loss, check_every,
+                                                 device)
     steps_per_epoch = math.ceil(batch_size_of(x_train) / batch_size)
     history = []
     quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
-    with quiet_pyro:
+    with steps.together(), quiet_pyro:
         for epoch in range(start_epoch + 1, epochs + 1):
             module.train()
             extra = columns(epoch) if columns is not None else {}
             t0 = time.perf_counter()
             total = torch.zeros((), dtype=torch.float64, device=device)  # loss summed
-            first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
             seen = 0
-            bar = tqdm(batches(x_train, batch_size, binarize=binarize, generator=generator),
+            bar = tqdm(steps.batches(x_train, batch_size, binarize=binarize, generator=generator),
                        total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not progress, unit="batch")
-            for step, batch in enumerate(bar, 1):
-                n = batch_size_of(batch)
-                loss = batch_loss(batch, epoch, first=not history and step == 1)  # summed, (,)
-                if check_every == 1:
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(epoch, step, value)
-                else:  # remember the first bad step on the device; read it at the checks
-                    bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
-                    first_bad = torch.where(bad, step, first_bad)
-                    if step % check_every == 0 or step == steps_per_epoch:
-                        bad_step = int(first_bad.item())  # the one host read of the window
-                        if bad_step:
-                            raise NonFiniteLossError(epoch, bad_step, float("nan"))
-                optimizer.zero_grad(set_to_none=True)
-                (loss * (1 / n)).backward()
+                       disable=not (progress and steps.reports), unit="batch")
+            for step, (batch, global_size) in enumerate(bar, 1):
                 set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-                optimizer.step()
-                total += loss.detach()
-                seen += n
+                total += steps.step(batch, global_size, epoch, step, first=not history and step == 1,
+                                    check=step % check_every == 0 or step == steps_per_epoch)
+                seen += batch_size_of(batch)
                 if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
                     bar.set_postfix(loss=f"{total.item() / max(seen, 1):.2f}")
             seconds = time.perf_counter() - t0
             module.eval()
-            row = {"epoch": epoch, "train_loss": total.item() / seen, "test_loss": test_loss(x_test),
-                   **extra, "seconds": seconds, "images_per_second": seen / seconds}
+            train_loss, test_mean, images = steps.means(total.item(), seen, test_loss, x_test)
+            row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_mean, **extra,
+                   "seconds": seconds, "images_per_second": images / seconds}
             if not math.isfinite(row["test_loss"]):
-                raise NonFiniteLossError(epoch, "test", row["test_loss"])
+                steps.fail(NonFiniteLossError(epoch, "test", row["test_loss"]))
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
