@@ -2,51 +2,42 @@
 
 ``torchrun --nproc_per_node=N scripts/train_svi.py ...`` starts N processes, the *ranks* of one
 job (torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
-gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). Every rank runs the ranks' loop,
-:func:`run_epochs`, through its :class:`World`; a world of one (no torchrun) is one process,
-which :func:`pyro_vae.train.run_epochs` trains in its plain loop. What a rank does:
+gloo joins them on the CPU, NCCL on GPUs (one GPU per rank). :func:`pyro_vae.train.run_epochs`
+steps every rank with its :class:`World`'s steps; a world of one (no torchrun) is one process,
+with no agreement. What a rank does:
 
-- **The loss module.** The loss of a batch, summed over its images, is the forward of a module
-  whose parameters are the model's (Pyro's ``svi_lightning.py`` pattern, ``Trace_ELBO()(model,
-  guide)``; our VAE holds plain ``nn.Parameter`` s, no ``pyro.param``), wrapped in DDP. DDP copies
-  rank 0's weights at the start and averages the gradients of the ranks in the backward pass.
+- **The loss module.** A batch's summed loss is the forward of a module whose parameters are the
+  model's (Pyro's ``svi_lightning.py`` pattern; our VAE holds plain ``nn.Parameter`` s, no
+  ``pyro.param``), wrapped in DDP, which copies rank 0's weights at the start and averages the
+  ranks' gradients in the backward pass.
 - **The batches.** One permutation per epoch, drawn alike on every rank from a generator seeded
   with the run's seed (``World.order``, which draws nothing else), cut into global batches of B
-  images; rank r takes share r of N contiguous shares of ``B // N`` or ``B // N + 1`` images
-  (:meth:`World.batches`; no ``pyro.plate`` subsampling: every rank would draw the same one).
-  The global batches are distributed as one process's, and are its very batches (the same
-  images, for the same seed) in the first epoch, and in every epoch when nothing else draws from
-  the data generator; with dynamic binarization or a DAE's noise they differ from epoch 2 on, as
-  one process draws its permutations from the generator of its binarization and noise.
+  images; rank r takes share r of N contiguous shares (:meth:`World.share`; no ``pyro.plate``
+  subsampling: every rank would draw the same one). In the first epoch, and in every epoch when
+  nothing else draws from the data generator, the global batches are one process's very
+  batches; with dynamic binarization or a DAE's noise they differ from epoch 2 on.
 - **The gradient.** Each rank backpropagates its share's summed loss times N / B; DDP's average
-  over ranks then gives sum_r grad(loss_r) / B, the gradient of the global batch's mean loss per
-  image, the quantity one process steps on (:mod:`pyro_vae.train`): given the same shares with
-  the same pixels and noise, a step's gradient is that of one process on the global batch.
+  then gives sum_r grad(loss_r) / B, the gradient of the global batch's mean loss per image that
+  one process steps on.
 - **Noise.** Reparameterized draws (torch's global generator) and dynamic binarization or a
-  DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`: the pixels and
-  the noise of a share are not those one process would draw for the same images.
-- **Writing.** Only rank 0 writes (config, metrics, checkpoints, summary, figures) and prints
-  (:class:`~pyro_vae.runs.DistributedRecorder`); metrics are summed over ranks
-  (:meth:`World.epoch_means`); the final log p(x) estimate is sharded and gathered.
+  DAE's corruption (the data generator) are seeded per rank, by :func:`rank_seed`.
+- **Writing.** Only rank 0 writes and prints (:class:`~pyro_vae.runs.DistributedRecorder`);
+  metrics are summed over ranks; the final log p(x) estimate is sharded and gathered.
 - **Stopping together.** A rank that fails (a NaN or infinite loss, an exception, Ctrl-C or
   SIGTERM) must not leave the others waiting in a collective. Ranks meet at *agreements*
   (:meth:`World.agree`): each says whether it failed, and if one did, all stop. Agreements are
   held before every backward pass on the CPU (every :data:`CUDA_CHECK_EVERY` steps on a GPU),
-  after each epoch's checkpoint, and when a rank leaves the job; signals are deferred to the next
-  agreement while training, and so is an exception in a training step, the failed rank running
-  a zero loss meanwhile so that its collectives still match the others'. The lowest failing rank
-  prints the one message (rank 0 for an interrupt: it saves the weights, or says how to finish
-  the run); the others exit silently (:class:`PeerStopped`) with the same exit code. A rank that
-  dies outright is seen by gloo at once, and torchrun stops the rest; a collective that waits
-  longer than :data:`TIMEOUT` fails.
+  after each epoch's checkpoint, and when a rank leaves the job. Signals are deferred to the
+  next agreement while training, and so is an exception in a training step, the failed rank
+  running a zero loss meanwhile so that its collectives still match the others'. The lowest
+  failing rank prints the one message (rank 0 for an interrupt: it saves the weights); the
+  others exit silently (:class:`PeerStopped`) with the same exit code. A rank that dies outright
+  is seen by gloo at once, and torchrun stops the rest; a collective that waits longer than
+  :data:`TIMEOUT` fails.
 - **Resume.** Rank 0's checkpoint holds every rank's random state and the number of ranks; a
   run resumes exactly under the same number, and is refused in one line under another.
 
-On a GPU, one process or N, the loop keeps the whole dataset on the device and reads the loss on
-the host only every :data:`CUDA_CHECK_EVERY` steps (the finite check runs on the device, so a NaN
-is found up to that many steps late, after the optimizer stepped on it; ``checkpoint_last.pt`` is
-the end of the last good epoch either way). :func:`pyro_vae.launch.launch` starts a job's ranks
-from Python, without torchrun.
+:func:`pyro_vae.launch.launch` starts a job's ranks from Python, without torchrun.
 """
 
 import contextlib
@@ -299,30 +290,6 @@ class World:
         self.order = torch.Generator(device=device).manual_seed(seed)
         return torch.Generator(device=device).manual_seed(rank_seed(seed, self.rank))
 
-    def batches(self, train, batch_size, *, binarize, generator):
-        """Yield ``(share, global_size)`` per step: this rank's share of each global batch of the
-        epoch's permutation (drawn from ``order``; the rows of every tensor of a dict batch
-        alike), its images freshly binarized from ``generator`` with ``binarize="dynamic"``,
-        and the global batch's size."""
-        fields = train if isinstance(train, dict) else {"x": train}
-        n = fields["x"].shape[0]
-        perm = torch.randperm(n, generator=self.order, device=fields["x"].device)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            rows = idx[self.share(len(idx))]
-            share = {k: v[rows] for k, v in fields.items()}
-            if binarize == "dynamic":
-                share["x"] = torch.bernoulli(share["x"], generator=generator)
-            yield (share if isinstance(train, dict) else share["x"]), len(idx)
-
-    def sum(self, values):
-        """The sums over ranks of a few numbers (float64), as a list of floats."""
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64,
-                         device=self._comm_device())
-        if self.size > 1:
-            dist.all_reduce(t)
-        return t.tolist()
-
     def gather(self, obj):
         """Every rank's ``obj`` (picklable; tensors are moved to the CPU), in rank order."""
         if self.size == 1:
@@ -349,44 +316,6 @@ class World:
                       else parts[0][k]) for k in fields}
         return Estimate(**merged)
 
-    def wrap(self, module, loss):
-        """The training step's forward, a function of ``loss``'s arguments that returns ``(loss,
-        error)``: the DDP-wrapped loss module of ``module`` (see :class:`_LossModule`), with the
-        error it kept, made after an agreement (DDP's constructor is a collective: it copies
-        rank 0's weights to all)."""
-        self.agree()
-        from torch.nn.parallel import DistributedDataParallel
-
-        on_gpu = self.device is not None and self.device.type == "cuda"
-        ddp = DistributedDataParallel(_LossModule(module, loss),
-                                      device_ids=[self.local_rank] if on_gpu else None)
-
-        def forward(*args, **kwargs):
-            value = ddp(*args, **kwargs)
-            error, ddp.module.error = ddp.module.error, None
-            return value, error
-
-        return forward
-
-    def epoch_means(self, error, train_sum, seen, test_loss, test):
-        """An epoch's end, on every rank: an agreement on ``error`` (this rank's failure in the
-        last steps) or on one in ``test_loss``; then the epoch's mean training loss per image
-        (``train_sum`` over ``seen`` images on each rank), mean test loss per image over
-        ``test`` (each rank sums ``test_loss`` times the images over its share, and the sum
-        over ranks is divided by the images), and the images trained on, summed over ranks."""
-        n = batch_size_of(test)
-        rows = self.share(n)
-        share = {k: v[rows] for k, v in test.items()} if isinstance(test, dict) else test[rows]
-        total = 0.0
-        if error is None and rows.stop > rows.start:
-            try:
-                total = test_loss(share) * (rows.stop - rows.start)
-            except Exception as e:  # noqa: BLE001  (handed to the agreement)
-                error = e
-        self.agree(error)
-        train_sum, seen, total = self.sum([train_sum, seen, total])
-        return train_sum / seen, total / n, seen
-
     def steps(self, module, optimizer, batch_loss, check_every, device):
         """This rank's :class:`_RankSteps`, for :func:`pyro_vae.train.run_epochs`."""
         return _RankSteps(self, module, optimizer, batch_loss, check_every, device)
@@ -405,30 +334,47 @@ class World:
 
 
 class _RankSteps(Steps):
-    """The training steps of one rank of several, for :func:`pyro_vae.train.run_epochs`: each
-    rank its share of every global batch (:meth:`World.batches`), its loss through DDP
-    (:meth:`World.wrap`) scaled by ranks / global batch, the rows summed over ranks
-    (:meth:`World.epoch_means`), and an agreement at every check of the loss, where a failure
-    kept on one rank stops all (the module doc, "Stopping together")."""
+    """The training steps of one rank of several: its share of every global batch, its loss
+    through DDP (:class:`_LossModule`) scaled by ranks / global batch, the rows summed over
+    ranks, and an agreement at every check of the loss, where a failure kept on one rank stops
+    all (the module doc, "Stopping together")."""
 
     def __init__(self, world, module, optimizer, batch_loss, check_every, device):
         super().__init__(module, optimizer, batch_loss, check_every, device)
         self.world, self.reports = world, world.is_main
-        self.forward = world.wrap(module, batch_loss)  # -> (loss, the error it kept)
         self.pending = None  # this rank's failure, not yet told to the others
+        world.agree()  # DDP's constructor is a collective: it copies rank 0's weights to all
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = world.device is not None and world.device.type == "cuda"
+        self.ddp = DistributedDataParallel(_LossModule(module, batch_loss),
+                                           device_ids=[world.local_rank] if on_gpu else None)
 
     def together(self):
         return self.world.deferring_interrupts()
 
     def batches(self, train, batch_size, *, binarize, generator):
-        return self.world.batches(train, batch_size, binarize=binarize, generator=generator)
+        """This rank's share of each global batch of the epoch's permutation (drawn from
+        ``world.order``; the rows of every tensor of a dict alike), its images freshly binarized
+        from ``generator`` with ``binarize="dynamic"``, and the global batch's size."""
+        fields = train if isinstance(train, dict) else {"x": train}
+        n = fields["x"].shape[0]
+        perm = torch.randperm(n, generator=self.world.order, device=fields["x"].device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            rows = idx[self.world.share(len(idx))]
+            share = {k: v[rows] for k, v in fields.items()}
+            if binarize == "dynamic":
+                share["x"] = torch.bernoulli(share["x"], generator=generator)
+            yield (share if isinstance(train, dict) else share["x"]), len(idx)
 
     def step(self, batch, global_size, epoch, step, *, first, check):
         loss = None
         try:  # a failed rank runs the empty share (a zero loss) until the agreement
             if self.pending is not None:
-                batch = {k: v[:0] for k, v in batch.items()} if isinstance(batch, dict) else batch[:0]
-            loss, error = self.forward(batch, epoch, first=first)  # summed, (,)
+                batch = _rows(batch, slice(0, 0))
+            loss = self.ddp(batch, epoch, first=first)  # summed, (,)
+            error, self.ddp.module.error = self.ddp.module.error, None
             if self.pending is None:
                 self.pending = error or self.nonfinite(loss, epoch, step, check)
         except Exception as e:  # noqa: BLE001  (handed to the agreement)
@@ -446,12 +392,32 @@ class _RankSteps(Steps):
         return loss.detach() if self.pending is None else 0.0
 
     def means(self, total, seen, test_loss, test):
-        # the last step's failure, if any, is told here
-        error, self.pending = self.pending, None
-        return self.world.epoch_means(error, total, seen, test_loss, test)
+        """An agreement on this rank's failure in the last steps, or in ``test_loss`` on its
+        share of ``test``; then the sums over ranks of the training loss, the images trained
+        on, and the test loss times the images of each share, divided."""
+        error, self.pending = self.pending, None  # the last step's failure is told here
+        n = batch_size_of(test)
+        rows = self.world.share(n)
+        test_sum = 0.0
+        if error is None and rows.stop > rows.start:
+            try:
+                test_sum = test_loss(_rows(test, rows)) * (rows.stop - rows.start)
+            except Exception as e:  # noqa: BLE001  (handed to the agreement)
+                error = e
+        self.world.agree(error)
+        sums = torch.tensor([float(total), float(seen), float(test_sum)], dtype=torch.float64,
+                            device=self.world._comm_device())
+        dist.all_reduce(sums)
+        total, seen, test_sum = sums.tolist()
+        return total / seen, test_sum / n, seen
 
     def fail(self, error):  # alike on every rank: rank 0 reports
         self.world.agree(error if self.world.is_main else None)
+
+
+def _rows(batch, rows):
+    """The rows ``rows`` of a batch: of a tensor, or of every tensor of a dict."""
+    return {k: v[rows] for k, v in batch.items()} if isinstance(batch, dict) else batch[rows]
 
 
 # The process's world, once :func:`start` made it.
