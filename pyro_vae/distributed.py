@@ -41,7 +41,6 @@ with no agreement. What a rank does:
 """
 
 import contextlib
-import dataclasses
 import datetime
 import io
 import os
@@ -55,7 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import NonFiniteLossError, RunError, UserError
-from .runs import DistributedRecorder, Recorder, resolve_device
+from .runs import resolve_device
 from .train import CUDA_CHECK_EVERY, Steps, batch_size_of
 
 __all__ = [
@@ -306,15 +305,12 @@ class World:
             return fn(x)
         from .estimators import Estimate
 
-        share = x[self.share(x.shape[0])]
-        local = fn(share) if share.shape[0] else None
-        fields = [f.name for f in dataclasses.fields(Estimate)]
-        mine = None if local is None else {
-            k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(local).items()}
+        share, mine = x[self.share(x.shape[0])], None
+        if share.shape[0]:
+            mine = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(fn(share)).items()}
         parts = [p for p in self.gather(mine) if p is not None]
-        merged = {k: (torch.cat([p[k] for p in parts]) if torch.is_tensor(parts[0][k])
-                      else parts[0][k]) for k in fields}
-        return Estimate(**merged)
+        return Estimate(**{k: torch.cat([p[k] for p in parts]) if torch.is_tensor(v) else v
+                           for k, v in parts[0].items()})
 
     def steps(self, module, optimizer, batch_loss, check_every, device):
         """This rank's :class:`_RankSteps`, for :func:`pyro_vae.train.run_epochs`."""
@@ -324,13 +320,6 @@ class World:
         if self.size > 1 and dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-
-    def recorder(self, *args, **kwargs):
-        """The run's :class:`~pyro_vae.runs.Recorder`; with several ranks a
-        :class:`~pyro_vae.runs.DistributedRecorder`."""
-        if self.size == 1:
-            return Recorder(*args, **kwargs)
-        return DistributedRecorder(self, *args, **kwargs)
 
 
 class _RankSteps(Steps):

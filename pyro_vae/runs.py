@@ -26,7 +26,6 @@ __all__ = [
     "Recorder",
     "check_out",
     "check_resume",
-    "check_run_dir",
     "lock_run_dir",
     "prepare_run_dir",
     "release_locks",
@@ -79,11 +78,6 @@ def check_out(path, files, overwrite=False, *, flag="--out", what="a run"):
         resume = "--resume to continue it, " if what in ("a run", "an evaluation") else ""
         raise RunError(f"{path} already holds {what} ({found[0]}); pass --overwrite to replace "
                        f"it, {resume}or choose another {flag}")
-
-
-def check_run_dir(path, files, overwrite=False):
-    """:func:`check_out` for a training run's folder."""
-    check_out(path, files, overwrite)
 
 
 def prepare_run_dir(path, files, overwrite=False):

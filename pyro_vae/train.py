@@ -1,11 +1,12 @@
-"""The training loop of one process, SVI and autoencoder: minibatches from whole-dataset tensors
-(the images, or aligned fields such as labels), a torch optimizer, progress bars, a stop on the
-first non-finite loss. Several processes step with :meth:`pyro_vae.distributed.World.steps`.
+"""The training loop, SVI and autoencoder: minibatches from whole-dataset tensors (the images, or
+aligned fields such as labels), a torch optimizer, progress bars, a stop on the first
+non-finite loss; one process steps with :class:`Steps`, a rank of several with
+:meth:`pyro_vae.distributed.World.steps`.
 
 The loss is Pyro's ``ELBO.differentiable_loss(model, guide, x)``, or the model's own ``loss``
-(:mod:`pyro_vae.protocol`): -ELBO summed over the batch (a differentiable tensor). We step on its mean per image, so that the learning rate does not depend
-on the batch size. No ``pyro.param`` is involved: the VAE is an ``nn.Module`` and its
-``state_dict`` is the whole trained state.
+(:mod:`pyro_vae.protocol`): -ELBO summed over the batch. We step on its mean per image, so that
+the learning rate does not depend on the batch size. No ``pyro.param`` is involved: the VAE is
+an ``nn.Module`` and its ``state_dict`` is the whole trained state.
 """
 
 import contextlib
@@ -49,11 +50,9 @@ ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": IWAE}
 
 def make_elbo(name, num_particles=1, max_plate_nesting=1):
     """An ELBO estimator by name (see :data:`ELBOS`), particles vectorized."""
-    return lookup(ELBOS, "ELBO", name)(
-        num_particles=num_particles,
-        vectorize_particles=num_particles > 1,
-        max_plate_nesting=max_plate_nesting,
-    )
+    return lookup(ELBOS, "ELBO", name)(num_particles=num_particles,
+                                       vectorize_particles=num_particles > 1,
+                                       max_plate_nesting=max_plate_nesting)
 
 
 @torch.no_grad()
@@ -104,16 +103,6 @@ def lr_schedule(lr, cooldown=0.0):
     return lambda t: lr * min(1.0, (1.0 - t) / cooldown)
 
 
-def set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs):
-    """Set every group's learning rate to ``lr_at(t)``, t the fraction of the run's steps done
-    before step ``step`` (1-based) of epoch ``epoch`` (1-based); no-op when ``lr_at`` is None."""
-    if lr_at is None:
-        return
-    lr = lr_at(((epoch - 1) * steps_per_epoch + step - 1) / (epochs * steps_per_epoch))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 @contextlib.contextmanager
 def pyro_nan_warnings_off():
     """Pyro's ELBOs test the loss for NaN on the host (``warn_if_nan``): a device sync per step
@@ -140,8 +129,7 @@ def batch_size_of(batch):
 
 class Steps:
     """The training steps of one process, for :func:`run_epochs`: each batch's summed loss,
-    checked for NaN or infinity, backpropagated as its mean per image, stepped on.
-    :meth:`World.steps <pyro_vae.distributed.World.steps>` gives those of a rank of several."""
+    checked for NaN or infinity, backpropagated as its mean per image, stepped on."""
 
     reports = True  # whether this process shows the progress bar
 
@@ -149,8 +137,7 @@ class Steps:
         self.optimizer, self.batch_loss, self.check_every = optimizer, batch_loss, check_every
         self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
 
-    def together(self):
-        """The context of the epochs (the ranks' agreement on leaving it)."""
+    def together(self):  # the context of the epochs (the ranks agree on leaving it)
         return contextlib.nullcontext()
 
     def batches(self, train, batch_size, *, binarize, generator):
@@ -159,9 +146,8 @@ class Steps:
             yield batch, batch_size_of(batch)
 
     def nonfinite(self, loss, epoch, step, check):
-        """The :class:`NonFiniteLossError` of this step's ``loss``, else None. With
-        ``check_every > 1`` the first bad step is kept on the device and read only where
-        ``check`` (the window's one host read)."""
+        """The :class:`NonFiniteLossError` of a bad ``loss``, else None; with ``check_every >
+        1``, of the first bad step, kept on the device and read only where ``check``."""
         if self.check_every == 1:
             value = loss.item()
             return None if math.isfinite(value) else NonFiniteLossError(epoch, step, value)
@@ -196,20 +182,17 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
     epochs``, each row passed to ``on_epoch`` and returned in a list.
 
     ``x_train`` and ``x_test`` are the images ``(N, ...)``, or dicts of aligned tensors (``"x"``,
-    the images; ``"y"``, labels, ...; see :func:`pyro_vae.data.batches`), and batches are of
-    the same kind. ``batch_loss(batch, epoch, first)`` returns the loss summed over the batch
-    (``first``: the first step of this call); ``test_loss(x_test)`` the mean loss per image;
-    ``columns(epoch)`` extra columns for the epoch's row; ``lr_at(t)`` the learning rate at
-    the fraction t of the run's steps (:func:`lr_schedule`). Each step steps on the batch's
-    mean loss per image (:class:`Steps`).
+    the images; ``"y"``, labels, ...; see :func:`pyro_vae.data.batches`), batched alike.
+    ``batch_loss(batch, epoch, first)`` returns the loss summed over the batch (``first``: the
+    first step of this call); ``test_loss(x_test)`` the mean loss per image; ``columns(epoch)``
+    extra columns for the epoch's row; ``lr_at(t)`` the learning rate at the fraction t of the
+    run's steps done (:func:`lr_schedule`).
 
     The loss is checked for NaN or infinity every ``check_every`` steps (default: every step
     on the CPU, where reading it costs no device sync, so that the optimizer never steps on it;
-    :data:`CUDA_CHECK_EVERY` on a GPU, where a read is a sync: found on the device, then read)
-    and at each epoch's end: :class:`NonFiniteLossError`.
-
-    ``world``: a :class:`~pyro_vae.distributed.World` of several processes steps with its
-    :meth:`~pyro_vae.distributed.World.steps`, each rank its share of every batch.
+    :data:`CUDA_CHECK_EVERY` on a GPU, where a read is a sync) and at each epoch's end:
+    :class:`NonFiniteLossError`. ``world``: a :class:`~pyro_vae.distributed.World` of several
+    processes steps with its :meth:`~pyro_vae.distributed.World.steps`.
     """
     device = (x_train["x"] if isinstance(x_train, dict) else x_train).device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
@@ -230,8 +213,12 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
                        total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
                        disable=not (progress and steps.reports), unit="batch")
             for step, (batch, global_size) in enumerate(bar, 1):
-                set_learning_rate(optimizer, lr_at, epoch, step, steps_per_epoch, epochs)
-                total += steps.step(batch, global_size, epoch, step, first=not history and step == 1,
+                if lr_at is not None:  # at the fraction of the run's steps done before this one
+                    done = (epoch - 1) * steps_per_epoch + step - 1
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(done / (epochs * steps_per_epoch))
+                total += steps.step(batch, global_size, epoch, step,
+                                    first=not history and step == 1,
                                     check=step % check_every == 0 or step == steps_per_epoch)
                 seen += batch_size_of(batch)
                 if step == steps_per_epoch or (step % check_every == 0 and step % 10 == 0):
@@ -256,22 +243,20 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
     ``x_train`` and ``x_test`` are images, or dicts of aligned tensors (``"x"`` and e.g.
     ``"y"``) from which each batch passes ``vae.batch_fields`` to model and guide (see
     :mod:`pyro_vae.protocol`). Each epoch draws a permutation (and, with
-    ``binarize="dynamic"``, fresh binary pixels) from ``generator``. After each epoch ``on_epoch(row)`` is called with a dict: ``epoch``,
-    ``train_loss`` (the objective per image over the epoch's batches: -ELBO, or -IWAE_K for the
-    IWAE objective), ``test_loss`` (the same on ``x_test``, with KL weight 1), ``kl_weight``,
-    ``seconds`` and ``images_per_second``. Returns the list of rows.
+    ``binarize="dynamic"``, fresh binary pixels) from ``generator``. After each epoch
+    ``on_epoch(row)`` is called with a dict: ``epoch``, ``train_loss`` (the objective per image
+    over the epoch's batches: -ELBO, or -IWAE_K for the IWAE objective), ``test_loss`` (the
+    same on ``x_test``, with KL weight 1), ``kl_weight``, ``seconds`` and
+    ``images_per_second``. Returns the list of rows.
 
     ``kl_weight(epoch)``, if given, is passed as ``kl_scale`` to model and guide in the epoch's
     training steps (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the
-    true -ELBO. ``lr_at(t)``, if given, sets the learning rate at each step, t the fraction of
-    the run's steps done (see :func:`lr_schedule`); otherwise the optimizer's stays.
-
-    Raises :class:`NonFiniteLossError` on a NaN or infinite loss, before the optimizer steps on it
-    (on a GPU, up to :data:`CUDA_CHECK_EVERY` steps after).
-
-    ``world``: a :class:`~pyro_vae.distributed.World` of several processes trains one job
-    with DistributedDataParallel, each process its share of every batch (see
-    :mod:`pyro_vae.distributed`); ``generator`` is then this rank's noise.
+    true -ELBO. ``lr_at(t)``, if given, sets the learning rate at each step (see
+    :func:`lr_schedule`); otherwise the optimizer's stays. Raises :class:`NonFiniteLossError`
+    on a NaN or infinite loss, before the optimizer steps on it (on a GPU, up to
+    :data:`CUDA_CHECK_EVERY` steps after). ``world``: a :class:`~pyro_vae.distributed.World`
+    of several processes trains one job with DistributedDataParallel, each process its share of
+    every batch (see :mod:`pyro_vae.distributed`); ``generator`` is then this rank's noise.
     """
     check_model(vae)
     kl_weight = kl_weight or kl_schedule()

@@ -14,11 +14,13 @@ the model's size against free memory. ``--resume`` finishes whatever a stopped r
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import signal
 import sys
 import threading
+from functools import partial
 
 import matplotlib
 import pyro
@@ -28,14 +30,15 @@ from pyro_vae import distributed
 from pyro_vae.build import EARLIER_OPTIONS, fill_earlier
 from pyro_vae.checkpoint import check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
-from pyro_vae.errors import CheckpointError, ConfigError, RunError, UserError, lookup
+from pyro_vae.errors import (
+    CheckpointError, ConfigError, NonFiniteLossError, RunError, UserError, lookup,
+)
+from pyro_vae.files import save_figure
 from pyro_vae.nets import ACTIVATIONS, NETS
 from pyro_vae.resources import check_model_size
-from pyro_vae.errors import NonFiniteLossError
-from pyro_vae.files import save_figure
 from pyro_vae.runs import (
-    check_resume, check_run_dir, lock_run_dir, prepare_run_dir, release_locks, resolve_device,
-    write_json,
+    DistributedRecorder, Recorder, check_out, check_resume, lock_run_dir, prepare_run_dir,
+    release_locks, resolve_device, write_json,
 )
 
 matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
@@ -62,11 +65,23 @@ class Interrupted(Exception):
     was saved and how to go on."""
 
 
-def interrupted_in_training(path, epoch, out):
-    """The :class:`Interrupted` of a stop mid-training, the weights saved to ``path``."""
-    then = (f"checkpoint_last.pt holds epoch {epoch}, continue with --resume {out}" if epoch
-            else f"no epoch had finished; start it again with --resume {out}")
-    return Interrupted(f"the weights are saved in {path}; {then}")
+@contextlib.contextmanager
+def training(recorder):
+    """A run's training: Ctrl-C saves the weights and says how to go on (:class:`Interrupted`);
+    a :class:`NonFiniteLossError` says what the run kept, its last good checkpoint or nothing."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        path, epoch, out = recorder.save_interrupted(), recorder.last_epoch, recorder.out
+        then = (f"checkpoint_last.pt holds epoch {epoch}, continue with --resume {out}" if epoch
+                else f"no epoch had finished; start it again with --resume {out}")
+        raise Interrupted(f"the weights are saved in {path}; {then}") from None
+    except NonFiniteLossError as e:
+        e.saved = (f"the last good checkpoint, checkpoint_last.pt of epoch {epoch}, is kept: "
+                   f"continue from it at a lower rate with --resume {recorder.out} --lr "
+                   f"{recorder.config['lr'] / 10:g}" if (epoch := recorder.last_epoch) else
+                   "no epoch had finished, so no checkpoint was written")
+        raise e from None
 
 
 def interrupted_after_training(epochs, out):
@@ -178,15 +193,6 @@ def check_common(cfg):
     check_seed(cfg.seed)
 
 
-def check_support(likelihood, data, binarize):
-    """Refuse data outside ``likelihood``'s support before any training (DataError naming the
-    likelihood and what to do): the test set, and the training set unless it is binarized
-    afresh for every batch."""
-    likelihood.check_data(data.x_test, "test set")
-    if binarize != "dynamic":
-        likelihood.check_data(data.x_train, "training set")
-
-
 def parse_args(build_parser, argv):
     """``(args, explicit)``: the parsed flags, and the names of those given on the command line
     (parsed a second time with every default replaced by a marker)."""
@@ -206,10 +212,6 @@ RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
 # Settings that change what happens next but not what was trained: --resume takes them from the
 # command line when given, and records them in config.json.
 CHANGEABLE_ON_RESUME = ("eval_samples", "eval_images")
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _differs(name, passed, saved):
@@ -262,21 +264,18 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
     if kind not in model:
         raise CheckpointError(f"{run_dir} holds a run of {kind!r}; resume it with the script "
                               f"that made it, not {script}")
-    # a run from before the options existed was trained without them: resume it as it was
-    earlier = {k: v for k, v in {**EARLIER_OPTIONS, "lr_cooldown": 0.0}.items()
-               if k in {f.name for f in dataclasses.fields(config_cls)}}
-    saved = fill_earlier(saved, earlier)
-    # a run from before --model (a VAE) lacks these alike
-    for group in (BEFORE_MODELS, BEFORE_CVAE):
-        saved = fill_earlier(saved, {k: v for k, v in group.items()
-                                     if k in {f.name for f in dataclasses.fields(config_cls)}})
+    # a run from before an option existed was trained without it: resume it as it was (each
+    # group all or none: one from before --model, a VAE, lacks these alike)
     fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    for group in ({**EARLIER_OPTIONS, "lr_cooldown": 0.0}, BEFORE_MODELS, BEFORE_CVAE):
+        saved = fill_earlier(saved, {k: v for k, v in group.items() if k in fields})
     check_fields(saved, {k: t for k, t in fields.items()
                          if k not in (*RESUME_SETTINGS, "out") and t in (str, int, float, bool)},
                  where)
     changed = {}
     for name in sorted(explicit & set(fields) - {*RESUME_SETTINGS, "out"}):
-        lower_lr = name == "lr" and _is_number(args.lr) and 0 < args.lr < saved["lr"]
+        lower_lr = (name == "lr" and isinstance(args.lr, (int, float))
+                    and math.isfinite(args.lr) and 0 < args.lr < saved["lr"])
         if name in CHANGEABLE_ON_RESUME or lower_lr:  # a lower rate: how a run goes on after
             if getattr(args, name) != saved[name]:    # a NaN, from its last good epoch
                 changed[name] = getattr(args, name)
@@ -313,8 +312,6 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
 
 
 def _read_config(path):
-    import json
-
     try:
         with open(path) as f:
             saved = json.load(f)
@@ -326,23 +323,18 @@ def _read_config(path):
     return saved
 
 
-def start(cfg, resume, overwrite, files):
-    """Check the run directory (refusing, without ``overwrite``, a folder holding any of
-    ``files``, the names of what the run writes) and seed everything from ``cfg.seed``; called
-    before the data are loaded and the model is built."""
-    if not resume:
-        check_run_dir(cfg.out, files, overwrite)
-    pyro.set_rng_seed(cfg.seed)
-
-
 def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None, particles=1,
                 check_data=None):
     """A training run's checks after its settings', before anything is written: the run
-    directory, the data (and ``check_data(data)``, the model's own checks of them), the
-    model's size, the data's support. ``build(image_shape, **options)`` makes the model; it is
-    counted on the meta device with ``meta_options`` (default: ``options``). Returns
-    ``(device, data, model)``."""
-    start(cfg, resume, overwrite, files)
+    directory (without ``overwrite``, it holds none of ``files``, what the run writes), the
+    data (and ``check_data(data)``, the model's own checks of them), the model's size
+    (counted on the meta device with ``meta_options``, default ``options``), the data's
+    support (the test set, and the training set unless binarized afresh for every batch).
+    Everything is seeded from ``cfg.seed`` before ``build(image_shape, **options)`` makes the
+    model. Returns ``(device, data, model)``."""
+    if not resume:
+        check_out(cfg.out, files, overwrite)
+    pyro.set_rng_seed(cfg.seed)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
                         binarize=cfg.binarize, device=device)
@@ -351,7 +343,9 @@ def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None
     check_model_memory(lambda: build(data.image_shape, **(meta_options or options)), cfg, data,
                        device, particles)
     model = build(data.image_shape, **options).to(device)
-    check_support(model.likelihood, data, cfg.binarize)
+    model.likelihood.check_data(data.x_test, "test set")
+    if cfg.binarize != "dynamic":
+        model.likelihood.check_data(data.x_train, "training set")
     return device, data, model
 
 
@@ -372,8 +366,8 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     generator = world.generator(cfg.seed, device)
     config = dataclasses.asdict(cfg)
-    recorder = world.recorder(cfg.out, model, optimizer, config, generator, epochs=cfg.epochs,
-                              loss_label=loss_label)
+    recorder = (Recorder if world.size == 1 else partial(DistributedRecorder, world))(
+        cfg.out, model, optimizer, config, generator, epochs=cfg.epochs, loss_label=loss_label)
     start_epoch = recorder.resume(resume_state) if resume else 0
     world.on_main(write_json, config, os.path.join(cfg.out, "config.json"))
     return world, device, data, model, optimizer, generator, recorder, start_epoch
@@ -393,17 +387,6 @@ def finish_run(out):
     stale = os.path.join(out, "checkpoint_interrupted.pt")
     if os.path.exists(stale):
         os.remove(stale)
-
-
-def failed_at(error, recorder):
-    """Say, on a :class:`NonFiniteLossError`, what the run kept: its last good checkpoint, or
-    nothing when no epoch had finished."""
-    lower = f"{recorder.config['lr'] / 10:g}"
-    error.saved = (f"the last good checkpoint, checkpoint_last.pt of epoch {recorder.last_epoch}, "
-                   f"is kept: continue from it at a lower rate with --resume {recorder.out} "
-                   f"--lr {lower}" if recorder.last_epoch else
-                   "no epoch had finished, so no checkpoint was written")
-    return error
 
 
 def check_model_memory(build, cfg, data, device, particles=1):

@@ -24,9 +24,8 @@ import torch
 
 from _cli import (
     add_data_args, add_net_args, add_output_args, add_training_args, check_common,
-    config_from_args, failed_at, finish_run, interrupted_after_training,
-    interrupted_in_training, make_parser, parse_args, prepare_run, run_main, save_figures,
-    start_run,
+    config_from_args, finish_run, interrupted_after_training, make_parser, parse_args,
+    prepare_run, run_main, save_figures, start_run, training,
 )
 from pyro_vae.build import AUTOENCODER_OPTIONS, AUTOENCODERS, build_autoencoder
 from pyro_vae.errors import ConfigError, lookup
@@ -35,7 +34,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.noise import NOISES, make_noise, psnr
 from pyro_vae.plots import plot_curves, plot_image_grid, plot_image_rows, plot_latents
 from pyro_vae.runs import RUN_FILES, write_json
-from pyro_vae.train import NonFiniteLossError, fit_autoencoder, lr_schedule
+from pyro_vae.train import fit_autoencoder, lr_schedule
 
 PROG = "train_baselines.py"
 FIGURES = ("loss_curves.png", "reconstructions.png", "random_samples.png", "latent_space.png")
@@ -169,16 +168,11 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     what = f"{cfg.model.upper()}" + (f" with {ae.noise!r}" if ae.noise is not None else "")
     print(f"[{PROG}] {what}; {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
           f"images, device {device}, {sum(p.numel() for p in ae.parameters()):,} parameters")
-    try:
+    with training(recorder):
         fit_autoencoder(ae, optimizer, data.x_train, data.x_test, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
                         start_epoch=start_epoch, on_epoch=recorder, progress=progress,
                         world=world, lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
-    except KeyboardInterrupt:
-        raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
-                                      cfg.out) from None
-    except NonFiniteLossError as e:
-        raise failed_at(e, recorder) from None
     world.finish()  # the rest is rank 0's alone
     if not world.is_main:
         return None

@@ -27,9 +27,9 @@ import torch
 
 from _cli import (
     add_data_args, add_net_args, add_output_args, add_training_args, check_common,
-    check_positive, check_positive_finite, config_from_args, failed_at,
-    finish_run, interrupted_after_training, interrupted_in_training, make_parser, parse_args,
-    prepare_run, run_main, save_figures, start_run,
+    check_positive, check_positive_finite, config_from_args, finish_run,
+    interrupted_after_training, make_parser, parse_args, prepare_run, run_main, save_figures,
+    start_run, training,
 )
 from pyro_vae import distributed
 from pyro_vae.build import (
@@ -250,17 +250,12 @@ def run(cfg, resume_state=None, *, progress=True, overwrite=False):
     train, test, on_epoch = data.x_train, data.x_test, recorder
     if cfg.model == "m2":
         train, test, on_epoch = semi_supervised_data(cfg, data, vae, recorder, world)
-    try:
+    with training(recorder):
         fit(vae, loss, optimizer, train, test, epochs=cfg.epochs,
             batch_size=cfg.batch_size, binarize=cfg.binarize, generator=generator,
             start_epoch=start_epoch, on_epoch=on_epoch, progress=progress,
             kl_weight=kl_schedule(cfg.beta, cfg.kl_warmup), world=world,
             lr_at=lr_schedule(cfg.lr, cfg.lr_cooldown))
-    except KeyboardInterrupt:
-        raise interrupted_in_training(recorder.save_interrupted(), recorder.last_epoch,
-                                      cfg.out) from None
-    except NonFiniteLossError as e:
-        raise failed_at(e, recorder) from None
     try:
         summary = evaluate_and_draw(cfg, vae, data, recorder.history, world)
     except KeyboardInterrupt:
