@@ -463,15 +463,11 @@ def together():
     all of them; the process group is destroyed on the way out."""
     try:
         yield
-        world = current()
-        if world.joined:
-            world.agree()
+        current().agree()
     except PeerStopped:
         raise
-    except BaseException as e:  # noqa: B036  (told to the other ranks, then raised)
-        world = current()
-        if world.joined:
-            world.agree(e)
+    except BaseException as e:  # noqa: B036  (told to the other ranks; agree raises it)
+        current().agree(e)
         raise
     finally:
         close()

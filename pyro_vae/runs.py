@@ -52,19 +52,14 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def _first_existing(path):
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def check_out(path, files, overwrite=False, *, flag="--out", what="a run"):
     """Refuse (RunError) an output folder that cannot be one, or that holds any of ``files``
     (the names, relative to ``path``, of everything the caller will write) unless
     ``overwrite``: a file where the folder should be, a folder under a file, a place where
     nothing can be created. Creates nothing."""
-    existing = _first_existing(path)
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the nearest folder (or file) there is
+        existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         where = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, a file"
         raise RunError(f"{flag} {path} {where}, not a folder; choose another {flag}")
@@ -125,9 +120,7 @@ def release_locks():
 def check_resume(state, run_dir, processes):
     """Refuse to resume a checkpoint ``state`` written by another number of processes than
     ``processes`` (a run's ``world.size``)."""
-    if state is None:
-        return
-    saved = state.get("world_size", 1)
+    saved = processes if state is None else state.get("world_size", 1)
     if saved != processes:
         how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "python, not torchrun"
         raise CheckpointError(
@@ -279,10 +272,9 @@ class DistributedRecorder(Recorder):
         self._rng = None
 
     def state(self, epoch):
-        state = super().state(epoch)
+        state = {**super().state(epoch), "world_size": self.world.size}
         if self._rng is not None:
-            state["rng"] = self._rng
-        state["world_size"] = self.world.size
+            state["rng"] = self._rng  # (in the place of this rank's own)
         return state
 
     def _restore_rng(self, state):

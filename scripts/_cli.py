@@ -30,16 +30,13 @@ from pyro_vae import distributed
 from pyro_vae.build import EARLIER_OPTIONS, fill_earlier
 from pyro_vae.checkpoint import check_fields, load_checkpoint
 from pyro_vae.data import BINARIZATIONS, DATASETS, is_dataset_file, load_dataset
-from pyro_vae.errors import (
-    CheckpointError, ConfigError, NonFiniteLossError, RunError, UserError, lookup,
-)
+from pyro_vae.errors import (CheckpointError, ConfigError, NonFiniteLossError, RunError,
+                             UserError, lookup)
 from pyro_vae.files import save_figure
 from pyro_vae.nets import ACTIVATIONS, NETS
 from pyro_vae.resources import check_model_size
-from pyro_vae.runs import (
-    DistributedRecorder, Recorder, check_out, check_resume, lock_run_dir, prepare_run_dir,
-    release_locks, resolve_device, write_json,
-)
+from pyro_vae.runs import (DistributedRecorder, Recorder, check_out, check_resume, lock_run_dir,
+                           prepare_run_dir, release_locks, resolve_device, write_json)
 
 matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
 
@@ -214,12 +211,6 @@ RESUME_SETTINGS = ("epochs", "device", "data_root", "download")
 CHANGEABLE_ON_RESUME = ("eval_samples", "eval_images")
 
 
-def _differs(name, passed, saved):
-    if name == "dataset" and isinstance(passed, str) and is_dataset_file(passed):
-        passed = os.path.abspath(passed)
-    return passed != saved
-
-
 def config_from_args(config_cls, args, explicit, model, script, outputs):
     """``(cfg, resume_state, overwrite)``: the run's config, with ``--resume`` its checkpoint
     state, and whether the run may replace files in its folder.
@@ -280,10 +271,12 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
             if getattr(args, name) != saved[name]:    # a NaN, from its last good epoch
                 changed[name] = getattr(args, name)
             continue
-        if _differs(name, getattr(args, name), saved[name]):
+        passed = getattr(args, name)
+        if name == "dataset" and isinstance(passed, str) and is_dataset_file(passed):
+            passed = os.path.abspath(passed)
+        if passed != saved[name]:
             flag = "--" + name.replace("_", "-")
-            lower = " (a lower --lr is taken: it continues a run after a NaN)" \
-                if name == "lr" else ""
+            lower = " (a lower --lr is taken: it continues a run after a NaN)" * (name == "lr")
             raise ConfigError(f"{flag} {getattr(args, name)} differs from the run in {run_dir} "
                               f"({name} {saved[name]}); --resume keeps a run's settings: drop "
                               f"{flag}, or start a new run with another --out{lower}")
@@ -353,16 +346,20 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
     """The start of every training run, in the order that matters: join the job (torchrun);
     ``prepare(cfg, resume, overwrite)`` checks settings, run directory, data and model before
     anything is written, and builds the model from the seed (rank 0 first: it may download);
-    a checkpoint of another number of processes is refused; the run directory is made (rank
-    0); then the optimizer, and only then the data generator (several ranks re-seed torch per
-    rank, which must come after every rank built the same model); the recorder restores a
-    resumed run's states; config.json is written. Returns ``(world, device, data, model,
-    optimizer, generator, recorder, start_epoch)``."""
+    a checkpoint of another number of processes is refused; rank 0 makes the run directory
+    (only now, so that a refused run leaves no folder behind) and locks it
+    (:func:`~pyro_vae.runs.lock_run_dir`: a second process writing it is refused before it
+    writes anything); then the optimizer, and only then the data generator (several ranks
+    re-seed torch per rank, which must come after every rank built the same model); the
+    recorder restores a resumed run's states; config.json is written. Returns ``(world,
+    device, data, model, optimizer, generator, recorder, start_epoch)``."""
     resume = resume_state is not None
     world = distributed.start(cfg.device)
     device, data, model = world.in_turn(lambda: prepare(cfg, resume, overwrite))
     check_resume(resume_state, cfg.out, world.size)
-    world.on_main(claim_run_dir, cfg, resume, overwrite, files)
+    if not resume:
+        world.on_main(prepare_run_dir, cfg.out, files, overwrite=overwrite)
+    world.on_main(lock_run_dir, cfg.out)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     generator = world.generator(cfg.seed, device)
     config = dataclasses.asdict(cfg)
@@ -371,15 +368,6 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
     start_epoch = recorder.resume(resume_state) if resume else 0
     world.on_main(write_json, config, os.path.join(cfg.out, "config.json"))
     return world, device, data, model, optimizer, generator, recorder, start_epoch
-
-
-def claim_run_dir(cfg, resume, overwrite, files):
-    """Create the run directory, once the data and the model have passed their checks, so that
-    a refused run leaves no folder behind, and lock it (:func:`~pyro_vae.runs.lock_run_dir`):
-    a second process writing it is refused before it writes anything."""
-    if not resume:
-        prepare_run_dir(cfg.out, files, overwrite=overwrite)
-    lock_run_dir(cfg.out)
 
 
 def finish_run(out):
@@ -392,17 +380,14 @@ def finish_run(out):
 def check_model_memory(build, cfg, data, device, particles=1):
     """Refuse, before allocating it, a model (and training batch) larger than the memory free
     on ``device``: built on torch's meta device, counted, compared (see pyro_vae.resources)."""
-    image_shape = data.image_shape
-    pixels = math.prod(image_shape)
-    conv = cfg.arch == "conv"
     # activations kept for the backward pass, per image and particle: the image through each
     # layer (64 channels of it for the conv nets), the hidden layers, the code
-    per_item = pixels * (64 if conv else 4) + 4 * cfg.hidden_dim * cfg.depth + 8 * cfg.latent_dim
+    per_item = (math.prod(data.image_shape) * (64 if cfg.arch == "conv" else 4)
+                + 4 * cfg.hidden_dim * cfg.depth + 8 * cfg.latent_dim)
     settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --depth {cfg.depth} "
-                f"--latent-dim {cfg.latent_dim} "
-                f"--batch-size {cfg.batch_size}" + (f" --num-particles {particles}"
-                                                     if particles > 1 else "")
-                + f" on {'x'.join(map(str, image_shape))} images")
+                f"--latent-dim {cfg.latent_dim} --batch-size {cfg.batch_size}"
+                + f" --num-particles {particles}" * (particles > 1)
+                + f" on {'x'.join(map(str, data.image_shape))} images")
     check_model_size(build, activations_per_item=per_item,
                      items=min(cfg.batch_size, len(data.x_train)) * particles, settings=settings,
                      device=device)
