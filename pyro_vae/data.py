@@ -475,25 +475,30 @@ def binarize_static(x, seed):
     return torch.bernoulli(x.cpu(), generator=gen).to(x.device)
 
 
-def batches(x, batch_size, *, binarize="none", shuffle=True, generator=None, drop_last=False):
-    """Yield minibatches of ``x`` (N, ...) in the order of a permutation drawn from ``generator``.
+def batches(x, batch_size, *, binarize="none", shuffle=True, generator=None, drop_last=False,
+            order=None, share=None):
+    """Yield minibatches of ``x`` (N, ...) in the order of a permutation drawn from ``generator``
+    (or from ``order``, where given).
 
     ``x`` may be a dict of aligned tensors (``"x"``, the images, and e.g. ``"y"``, labels, one
     row per image): each batch is then a dict of the same rows of each. With
     ``binarize="dynamic"`` each batch's images are a fresh draw ``Bernoulli(x[idx])`` from the
     same generator (labels are left alone), so the whole stream is reproducible from the
-    generator's state. ``generator`` must live on the images' device.
+    generator's state. ``generator`` must live on the images' device. ``share(b)``, a slice of
+    a batch's b rows, keeps those alone (a process's share of a global batch).
     """
     fields = x if isinstance(x, dict) else {"x": x}
     images = fields["x"]
     n = images.shape[0]
     if shuffle:
-        perm = torch.randperm(n, generator=generator, device=images.device)
+        perm = torch.randperm(n, generator=generator if order is None else order,
+                              device=images.device)
     else:
         perm = torch.arange(n, device=images.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = perm[start : start + batch_size]
+        idx = idx if share is None else idx[share(len(idx))]
         batch = {k: v[idx] for k, v in fields.items()}
         if binarize == "dynamic":
             batch["x"] = torch.bernoulli(batch["x"], generator=generator)

@@ -52,10 +52,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from .data import batches
 from .errors import NonFiniteLossError, RunError, UserError
 from .runs import resolve_device
-from .train import CUDA_CHECK_EVERY, Steps, batch_size_of
+from .train import CUDA_CHECK_EVERY, Steps, batch_size_of, rows
 
 __all__ = [
     "CUDA_CHECK_EVERY",
@@ -128,10 +130,9 @@ def _status(error):
 class _LossModule(nn.Module):
     """The loss as a module, for DDP: ``forward(xb, *args)`` is ``loss(xb, *args)``, summed over
     the batch; its parameters are ``model``'s. An empty share (a last global batch smaller than
-    the number of ranks) gives 0 with a zero gradient for every parameter, as DDP requires. So
-    does a loss that raises: the exception is kept in ``error`` (for the caller to hand to the
-    next agreement), and DDP's forward completes, so that this rank's backward still meets the
-    others' in DDP's allreduce."""
+    the number of ranks) gives 0 with a zero gradient for every parameter, as DDP requires; so
+    does a loss that raises, kept in ``error`` for the next agreement, so that this rank's
+    backward still meets the others' in DDP's allreduce."""
 
     def __init__(self, model, loss):
         super().__init__()
@@ -148,8 +149,8 @@ class _LossModule(nn.Module):
 
 
 class World:
-    """This process's place in the job: ``rank`` of ``size`` processes (a world of one outside
-    torchrun), and what the ranks do together."""
+    """This process's place in the job, ``rank`` of ``size`` processes, and what the ranks do
+    together."""
 
     def __init__(self, rank=0, size=1, local_rank=0, device=None):
         self.rank, self.size, self.local_rank = rank, size, local_rank
@@ -197,24 +198,16 @@ class World:
             return
         self.stopped = True
         failed = [r for r, c in enumerate(codes) if c not in (_OK, _INTERRUPT)]
-        if failed:
-            reporter = failed[0]
-            code = _EXIT[codes[reporter]]
-            if reporter == self.rank:
-                error._report_here = True
-                raise error
-        else:  # only interrupts: rank 0 says how to go on, with its own error when it has one
-            reporter, code = 0, 130  # (the script's Interrupted, which says how to finish the run)
-            if self.is_main:  # else KeyboardInterrupt, so that the script saves the weights
-                interrupt = error if error is not None else KeyboardInterrupt()
-                interrupt._report_here = True
-                raise interrupt
-        raise PeerStopped(code, reporter)
+        reporter = failed[0] if failed else 0  # only interrupts: rank 0 says how to go on
+        if reporter == self.rank:  # with its own error (the script's Interrupted, or a failure),
+            error = error if error is not None else KeyboardInterrupt()  # else one that saves
+            error._report_here = True
+            raise error
+        raise PeerStopped(_EXIT[codes[reporter]] if failed else 130, reporter)
 
     def in_turn(self, fn):
-        """``fn()`` on rank 0, then (once it succeeded) on the other ranks, whose output to stderr
-        (notices rank 0 already gave) is dropped; returns its value. For work that may write
-        shared files (downloading a dataset)."""
+        """``fn()`` on rank 0, then (once it succeeded) on the others, their stderr (notices rank
+        0 gave) dropped; returns its value. For work that may write shared files (a download)."""
         if self.size == 1:
             return fn()
 
@@ -231,8 +224,8 @@ class World:
         self._attempt(self.is_main, fn, *args, **kwargs)
 
     def _attempt(self, here, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` where ``here`` is true, then an agreement on its failure (every
-        rank); returns its value (None where not ``here``)."""
+        """``fn(*args, **kwargs)`` where ``here``, then (every rank) an agreement on its failure;
+        returns its value (None where not ``here``)."""
         value, error = None, None
         if here:
             try:
@@ -243,23 +236,19 @@ class World:
         return value
 
     def finish(self):
-        """The job's last collective: after it, rank 0 writes alone (summary, figures) and the
-        other ranks are done."""
+        """The job's last collective: after it, rank 0 writes alone and the others are done."""
         self.agree()
         self.finished = True
 
     @contextlib.contextmanager
     def deferring_interrupts(self):
-        """While training with several ranks, Ctrl-C and SIGTERM set a flag that the next
-        agreement reads, so that every rank stops at the same step; an agreement on leaving."""
-        if self.size == 1 or threading.current_thread() is not threading.main_thread():
+        """Ctrl-C and SIGTERM set a flag that the next agreement reads, so that every rank stops
+        at the same step; an agreement on leaving."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
-
-        def defer(signum, frame):
-            self.interrupted = True
-
-        old = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old = {sig: signal.signal(sig, lambda *_: setattr(self, "interrupted", True))
+               for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
             self.agree()
@@ -277,12 +266,10 @@ class World:
         return slice(start, start + base + (self.rank < extra))
 
     def generator(self, seed, device):
-        """Seed this rank and return its data generator (binarization, a DAE's noise). A world of
-        one: ``torch.Generator(device).manual_seed(seed)``, as a single process always did, and
-        torch's global generator untouched (the script seeded it with ``seed``). Several ranks:
-        torch's global generator and the data generator at :func:`rank_seed`, the permutations
-        from ``order``, seeded ``seed`` alike on every rank. Call it after building the model
-        (every rank builds the same one from ``seed``)."""
+        """Seed this rank and return its data generator (binarization, a DAE's noise): one
+        process's ``torch.Generator(device).manual_seed(seed)``, torch's global one untouched;
+        several ranks': torch's global and the data generator at :func:`rank_seed`, ``order``
+        at ``seed`` alike on every rank. Call it after every rank built the same model."""
         if self.size == 1:
             return torch.Generator(device=device).manual_seed(seed)
         torch.manual_seed(rank_seed(seed, self.rank))  # also every CUDA device's
@@ -299,8 +286,7 @@ class World:
 
     def estimate(self, fn, x):
         """``fn(x)``, an :class:`~pyro_vae.estimators.Estimate` over the images ``x``, computed by
-        each rank on its share and gathered (every per-image field concatenated in rank order,
-        which is the order of ``x``)."""
+        each rank on its share, its per-image fields gathered in rank order (that of ``x``)."""
         if self.size == 1:
             return fn(x)
         from .estimators import Estimate
@@ -333,8 +319,6 @@ class _RankSteps(Steps):
         self.world, self.reports = world, world.is_main
         self.pending = None  # this rank's failure, not yet told to the others
         world.agree()  # DDP's constructor is a collective: it copies rank 0's weights to all
-        from torch.nn.parallel import DistributedDataParallel
-
         on_gpu = world.device is not None and world.device.type == "cuda"
         self.ddp = DistributedDataParallel(_LossModule(module, batch_loss),
                                            device_ids=[world.local_rank] if on_gpu else None)
@@ -344,24 +328,17 @@ class _RankSteps(Steps):
 
     def batches(self, train, batch_size, *, binarize, generator):
         """This rank's share of each global batch of the epoch's permutation (drawn from
-        ``world.order``; the rows of every tensor of a dict alike), its images freshly binarized
-        from ``generator`` with ``binarize="dynamic"``, and the global batch's size."""
-        fields = train if isinstance(train, dict) else {"x": train}
-        n = fields["x"].shape[0]
-        perm = torch.randperm(n, generator=self.world.order, device=fields["x"].device)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            rows = idx[self.world.share(len(idx))]
-            share = {k: v[rows] for k, v in fields.items()}
-            if binarize == "dynamic":
-                share["x"] = torch.bernoulli(share["x"], generator=generator)
-            yield (share if isinstance(train, dict) else share["x"]), len(idx)
+        ``world.order``), its images binarized from ``generator``, and the global batch's size."""
+        n = batch_size_of(train)
+        return zip(batches(train, batch_size, binarize=binarize, generator=generator,
+                           order=self.world.order, share=self.world.share),
+                   (min(batch_size, n - start) for start in range(0, n, batch_size)))
 
     def step(self, batch, global_size, epoch, step, *, first, check):
         loss = None
         try:  # a failed rank runs the empty share (a zero loss) until the agreement
             if self.pending is not None:
-                batch = _rows(batch, slice(0, 0))
+                batch = rows(batch, slice(0, 0))
             loss = self.ddp(batch, epoch, first=first)  # summed, (,)
             error, self.ddp.module.error = self.ddp.module.error, None
             if self.pending is None:
@@ -381,16 +358,16 @@ class _RankSteps(Steps):
         return loss.detach() if self.pending is None else 0.0
 
     def means(self, total, seen, test_loss, test):
-        """An agreement on this rank's failure in the last steps, or in ``test_loss`` on its
-        share of ``test``; then the sums over ranks of the training loss, the images trained
-        on, and the test loss times the images of each share, divided."""
+        """An agreement on a failure in the last steps or in ``test_loss`` on this rank's share of
+        ``test``; then the sums over ranks of the losses (times the images of each share for
+        the test loss) and of the images, divided."""
         error, self.pending = self.pending, None  # the last step's failure is told here
         n = batch_size_of(test)
-        rows = self.world.share(n)
+        mine = self.world.share(n)
         test_sum = 0.0
-        if error is None and rows.stop > rows.start:
+        if error is None and mine.stop > mine.start:
             try:
-                test_sum = test_loss(_rows(test, rows)) * (rows.stop - rows.start)
+                test_sum = test_loss(rows(test, mine)) * (mine.stop - mine.start)
             except Exception as e:  # noqa: BLE001  (handed to the agreement)
                 error = e
         self.world.agree(error)
@@ -404,11 +381,6 @@ class _RankSteps(Steps):
         self.world.agree(error if self.world.is_main else None)
 
 
-def _rows(batch, rows):
-    """The rows ``rows`` of a batch: of a tensor, or of every tensor of a dict."""
-    return {k: v[rows] for k, v in batch.items()} if isinstance(batch, dict) else batch[rows]
-
-
 # The process's world, once :func:`start` made it.
 _current = None
 
@@ -419,10 +391,9 @@ def current():
 
 
 def start(device="auto", *, timeout=TIMEOUT):
-    """Join this process to its job and return its :class:`World`: outside torchrun (or with
-    one process) a world of one, nothing initialized; under torchrun the process group (gloo
-    on the CPU, NCCL with one GPU per rank, ``cuda:LOCAL_RANK``), and on ranks other than 0
-    stdout goes to /dev/null (rank 0 reports)."""
+    """Join this process to its job and return its :class:`World`: outside torchrun a world of
+    one, nothing initialized; under torchrun the process group (gloo on the CPU, NCCL with one
+    GPU per rank, ``cuda:LOCAL_RANK``), stdout to /dev/null on ranks other than 0."""
     global _current
     size = env_world_size()
     if size <= 1:
@@ -459,8 +430,8 @@ def close():
 @contextlib.contextmanager
 def together():
     """The body of a script's ``main`` under torchrun: a rank that leaves it, by an error or at
-    the end, first meets the others (:meth:`World.agree`), so that a failure on one rank stops
-    all of them; the process group is destroyed on the way out."""
+    the end, first meets the others, so that a failure on one rank stops all of them; the
+    process group is destroyed on the way out."""
     try:
         yield
         current().agree()

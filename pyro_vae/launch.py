@@ -1,7 +1,6 @@
-"""Running one job's ranks from Python, without torchrun: :func:`launch` starts ``size``
-processes on this machine with the environment torchrun would set, for tests, benchmarks and
-notebooks (a job from the command line is ``torchrun --nproc_per_node=N script.py``; see
-:mod:`pyro_vae.distributed`)."""
+"""Running one job's ranks from Python, without torchrun (:mod:`pyro_vae.distributed`):
+:func:`launch` starts ``size`` processes on this machine with the environment torchrun would
+set, for tests, benchmarks and notebooks."""
 
 import io
 import os
@@ -9,6 +8,7 @@ import socket
 import time
 
 import torch
+import torch.multiprocessing as mp
 
 from .distributed import close
 
@@ -43,8 +43,6 @@ def launch(fn, size, *args, timeout=120):
     top-level function) and calls :func:`pyro_vae.distributed.start` itself. Returns each rank's
     outcome in rank order: ``("ok", value)`` or ``("error", exception class name, message)``. A
     process still running after ``timeout`` seconds is killed and TimeoutError raised."""
-    import torch.multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = _free_port()

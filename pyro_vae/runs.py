@@ -2,9 +2,9 @@
 the bookkeeping of a run (:class:`Recorder`; :class:`DistributedRecorder` for one of its ranks).
 
 A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.json`` (one row per epoch),
-``checkpoint_last.pt`` (end of the last finished epoch: what ``--resume`` continues from) and
-``checkpoint_best.pt`` (lowest test loss), ``summary.json`` and PNG figures; after Ctrl-C, also
-``checkpoint_interrupted.pt`` (the weights at the moment of the interrupt).
+``checkpoint_last.pt`` (the last finished epoch, which ``--resume`` continues),
+``checkpoint_best.pt`` (lowest test loss), ``summary.json``, PNG figures, and after Ctrl-C
+``checkpoint_interrupted.pt``.
 """
 
 import csv
@@ -36,8 +36,7 @@ __all__ = [
     "write_metrics",
 ]
 
-# The files every training run writes besides its figures (checkpoint_interrupted.pt only when
-# stopped).
+# The files a training run writes besides its figures (checkpoint_interrupted.pt when stopped)
 RUN_FILES = ("config.json", "metrics.csv", "metrics.json", "checkpoint_last.pt",
              "checkpoint_best.pt", "checkpoint_interrupted.pt", "summary.json")
 
@@ -53,10 +52,9 @@ def resolve_device(name):
 
 
 def check_out(path, files, overwrite=False, *, flag="--out", what="a run"):
-    """Refuse (RunError) an output folder that cannot be one, or that holds any of ``files``
-    (the names, relative to ``path``, of everything the caller will write) unless
-    ``overwrite``: a file where the folder should be, a folder under a file, a place where
-    nothing can be created. Creates nothing."""
+    """Refuse (RunError), creating nothing, an output folder that cannot be one (a file, under a
+    file, where nothing can be created) or, unless ``overwrite``, one that holds any of
+    ``files`` (the names, relative to ``path``, of everything the caller will write)."""
     existing = os.path.abspath(path)
     while not os.path.exists(existing):  # the nearest folder (or file) there is
         existing = os.path.dirname(existing)
@@ -88,10 +86,9 @@ _held_locks = {}  # path -> the open descriptor of the folder whose flock is hel
 
 
 def lock_run_dir(path):
-    """Hold an exclusive ``flock`` on the folder ``path`` itself (no file is added to it) for
-    the life of this process, so that a second process writing the same run (two ``--resume``
-    at once, an evaluation into a run being trained) is refused in one line. The lock dies with
-    its process, kill -9 included: a killed run can be resumed at once."""
+    """Hold an exclusive ``flock`` on the folder ``path`` itself for the life of this process, so
+    that a second process writing the same run (two ``--resume``, an evaluation into a run being
+    trained) is refused in one line. It dies with its process: a killed run resumes at once."""
     import fcntl
 
     key = os.path.abspath(path)
@@ -175,14 +172,10 @@ def set_rng_state(state, generator):
 
 
 class Recorder:
-    """Per-epoch bookkeeping of a run directory, passed to a training loop as ``on_epoch``.
-
-    Each call appends the epoch's row to ``history``; saves, when the test loss is the lowest so
-    far, ``checkpoint_best.pt``, then ``checkpoint_last.pt`` (model, optimizer, config, epoch,
-    random states, history); then rewrites the metrics files, and prints one line. A subclass
-    may restore its own random states (``_restore_rng``) and leave the writing to another
-    process (``writes``, as :class:`DistributedRecorder`).
-    """
+    """Per-epoch bookkeeping of a run directory, a training loop's ``on_epoch``: each call appends
+    the epoch's row to ``history``; saves ``checkpoint_best.pt`` when the test loss is the lowest
+    so far, then ``checkpoint_last.pt`` (model, optimizer, config, epoch, random states,
+    history); then rewrites the metrics files, and prints one line."""
 
     writes = True  # whether this process writes the run directory
     _lacks = ""  # what else a checkpoint that does not load may lack, for the error
@@ -248,9 +241,8 @@ class Recorder:
         return self.history[-1]["epoch"] if self.history else 0
 
     def save_interrupted(self):
-        """Save the weights as they are now (mid-epoch) to ``checkpoint_interrupted.pt`` (if this
-        process ``writes``); returns its path. ``checkpoint_last.pt`` is left at the last finished
-        epoch, for an exact resume."""
+        """Save the weights as they are now to ``checkpoint_interrupted.pt`` (if this process
+        ``writes``), ``checkpoint_last.pt`` left at the last finished epoch; returns its path."""
         path = os.path.join(self.out, "checkpoint_interrupted.pt")
         if self.writes:
             save_checkpoint({**self.state(self.last_epoch), "interrupted": True}, path)
@@ -259,11 +251,9 @@ class Recorder:
 
 class DistributedRecorder(Recorder):
     """A :class:`Recorder` for one rank of several (``world``, a
-    :class:`~pyro_vae.distributed.World`): every rank keeps the history (for its messages), rank
-    0 alone writes. A checkpoint holds ``world_size`` and, under ``rng``, the permutations'
-    generator (``order``) and every rank's own states (``ranks``), gathered after each epoch, so
-    that a resumed run continues every rank's streams exactly. A checkpoint of another number of
-    processes is refused before, by :func:`check_resume`."""
+    :class:`~pyro_vae.distributed.World`): every rank keeps the history, rank 0 alone writes. A
+    checkpoint holds ``world_size`` and, under ``rng``, the permutations' generator (``order``)
+    and every rank's states (``ranks``), so that a resumed run continues every stream exactly."""
 
     def __init__(self, world, *args, **kwargs):
         super().__init__(*args, **kwargs)

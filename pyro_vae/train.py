@@ -55,16 +55,19 @@ def make_elbo(name, num_particles=1, max_plate_nesting=1):
                                        max_plate_nesting=max_plate_nesting)
 
 
+def mean_loss(batch_loss, x, batch_size=1000):
+    """The mean per image over ``x`` (images, or a dict of aligned tensors) of ``batch_loss``, a
+    loss summed over a batch, in one pass of batches."""
+    n = batch_size_of(x)
+    return sum(batch_loss(rows(x, slice(start, start + batch_size))).item()
+               for start in range(0, n, batch_size)) / n
+
+
 @torch.no_grad()
 def evaluate_loss(vae, loss, x, batch_size=1000):
     """Mean -ELBO per image over ``x`` (images, or a dict of aligned tensors), one pass in
     batches (a Monte-Carlo estimate)."""
-    total, n = 0.0, batch_size_of(x)
-    for start in range(0, n, batch_size):
-        xb = ({k: v[start : start + batch_size] for k, v in x.items()} if isinstance(x, dict)
-              else x[start : start + batch_size])
-        total += model_loss(vae, loss, xb).item()
-    return total / n
+    return mean_loss(lambda xb: model_loss(vae, loss, xb), x, batch_size)
 
 
 def model_loss(model, loss, batch, **kwargs):
@@ -125,6 +128,11 @@ def pyro_nan_warnings_off():
 def batch_size_of(batch):
     """The number of images in a batch: a tensor's rows, or a dict's ``"x"``'s."""
     return (batch["x"] if isinstance(batch, dict) else batch).shape[0]
+
+
+def rows(batch, index):
+    """The rows ``index`` of a batch: of a tensor, or of every tensor of a dict alike."""
+    return {k: v[index] for k, v in batch.items()} if isinstance(batch, dict) else batch[index]
 
 
 class Steps:
@@ -284,10 +292,7 @@ def evaluate_autoencoder(ae, x, batch_size=1000):
     """Mean training objective per image over ``x``: reconstruction loss of clean inputs for an
     AE; for a DAE, of inputs corrupted with a fixed seed (so epochs are comparable)."""
     generator = torch.Generator(device=x.device).manual_seed(_TEST_NOISE_SEED)
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        total += ae.training_loss(x[start : start + batch_size], generator).item()
-    return total / x.shape[0]
+    return mean_loss(lambda xb: ae.training_loss(xb, generator), x, batch_size)
 
 
 def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,

@@ -5,10 +5,8 @@ flag, bad data, unusable checkpoint or run directory) prints one line ``<prog>: 
 wrong and what to do>`` and exits 2; a run that fails (a non-finite loss) exits 1 after saying
 where its last good checkpoint is; Ctrl-C or SIGTERM saves the weights, says how to resume, and
 exits 130. No traceback for any of them; any other exception is a bug and keeps its traceback.
-
-Every check runs before the first training step: flags (names, ranges, finite numbers, seeds),
-the output folder (nothing the run will write may exist there without --overwrite), the data,
-the model's size against free memory. ``--resume`` finishes whatever a stopped run lacks.
+Every check runs before the first training step; ``--resume`` finishes whatever a stopped run
+lacks.
 """
 
 import argparse
@@ -50,8 +48,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def make_parser(prog, doc):
-    """A :class:`Parser` whose description is the first paragraph of a script's docstring and
-    whose epilog is the rest: the examples, and what the script writes."""
+    """A :class:`Parser` described by a script's docstring's first paragraph, the rest (the
+    examples, what the script writes) its epilog."""
     first, _, rest = doc.partition("\n\n")
     return Parser(prog=prog, description=first, epilog=rest,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,10 +72,10 @@ def training(recorder):
                 else f"no epoch had finished; start it again with --resume {out}")
         raise Interrupted(f"the weights are saved in {path}; {then}") from None
     except NonFiniteLossError as e:
+        epoch, out, lower = recorder.last_epoch, recorder.out, recorder.config["lr"] / 10
         e.saved = (f"the last good checkpoint, checkpoint_last.pt of epoch {epoch}, is kept: "
-                   f"continue from it at a lower rate with --resume {recorder.out} --lr "
-                   f"{recorder.config['lr'] / 10:g}" if (epoch := recorder.last_epoch) else
-                   "no epoch had finished, so no checkpoint was written")
+                   f"continue from it at a lower rate with --resume {out} --lr {lower:g}"
+                   if epoch else "no epoch had finished, so no checkpoint was written")
         raise e from None
 
 
@@ -138,8 +136,7 @@ def add_output_args(p, d):
     return g
 
 
-# Ceilings on sizes, far beyond any run a machine could hold, so that an absurd value is one
-# line here, not an overflow deep inside torch.
+# Ceilings far beyond any run a machine could hold: an absurd size is one line, not an overflow
 MAX_SIZE = 2**31 - 1
 MAX_DEPTH = 100
 
@@ -174,8 +171,8 @@ def check_seed(value, flag="--seed"):
 
 
 def check_common(cfg):
-    """The checks every training config needs: names, sizes, learning rate, seed; a dataset
-    path is made absolute, so that --resume and evaluate.py find it from any folder."""
+    """The checks of every training config: names, sizes, learning rate, seed; a dataset path is
+    made absolute, so that --resume and evaluate.py find it from any folder."""
     if is_dataset_file(cfg.dataset):
         cfg.dataset = os.path.abspath(cfg.dataset)
     else:
@@ -191,8 +188,8 @@ def check_common(cfg):
 
 
 def parse_args(build_parser, argv):
-    """``(args, explicit)``: the parsed flags, and the names of those given on the command line
-    (parsed a second time with every default replaced by a marker)."""
+    """``(args, explicit)``: the parsed flags, and the names of those on the command line (parsed
+    again with every default a marker)."""
     args = build_parser().parse_args(argv)
     bare, unset = build_parser(), object()
     for action in bare._actions:
@@ -215,11 +212,10 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
     """``(cfg, resume_state, overwrite)``: the run's config, with ``--resume`` its checkpoint
     state, and whether the run may replace files in its folder.
 
-    A resumed run keeps its saved settings except ``epochs`` (default: the run's own),
-    ``device`` and where its data are read from; a flag given on the command line that differs
-    from the run's setting is refused. A run whose epochs are all done but which lacks some of
-    ``outputs(cfg)`` (stopped during its evaluation) is finished; a run stopped before its first
-    epoch (a config.json and no checkpoint) is started again in place."""
+    A resumed run keeps its saved settings but ``epochs`` (default: its own), ``device``, where
+    its data are read from and :data:`CHANGEABLE_ON_RESUME`; another flag that differs from the
+    run's setting is refused. A run with all its epochs but lacking some of ``outputs(cfg)`` is
+    finished; one stopped before its first epoch (no checkpoint) is started again in place."""
     if not args.resume:
         cfg = config_cls(**{f.name: getattr(args, f.name, f.default)  # (num_classes: no flag)
                             for f in dataclasses.fields(config_cls)})
@@ -281,10 +277,8 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
                               f"({name} {saved[name]}); --resume keeps a run's settings: drop "
                               f"{flag}, or start a new run with another --out{lower}")
     saved = {k: v for k, v in saved.items() if k in fields}
-    saved.update(out=run_dir, device=args.device, data_root=args.data_root,
-                 download=args.download)
-    if "epochs" in explicit:
-        saved["epochs"] = args.epochs
+    saved.update({k: getattr(args, k) for k in RESUME_SETTINGS if k != "epochs" or k in explicit},
+                 out=run_dir)
     for name, value in changed.items():
         print(f"[{script}] --{name.replace('_', '-')} {value} from here on (the run had "
               f"{saved[name]}); recorded in config.json")
@@ -378,8 +372,8 @@ def finish_run(out):
 
 
 def check_model_memory(build, cfg, data, device, particles=1):
-    """Refuse, before allocating it, a model (and training batch) larger than the memory free
-    on ``device``: built on torch's meta device, counted, compared (see pyro_vae.resources)."""
+    """Refuse a model (and training batch) larger than the memory free on ``device``: built on
+    torch's meta device, counted, compared (see pyro_vae.resources)."""
     # activations kept for the backward pass, per image and particle: the image through each
     # layer (64 channels of it for the conv nets), the hidden layers, the code
     per_item = (math.prod(data.image_shape) * (64 if cfg.arch == "conv" else 4)
@@ -411,11 +405,9 @@ def _say(error, line):
 
 def run_main(prog, body, *, processes=False):
     """Call ``body()`` under the error policy above, SIGTERM handled as Ctrl-C; returns the exit
-    code (``body``'s return value if it returns an int, e.g. that of a training script it ran).
-
-    ``processes``: the script runs as one job over the processes torchrun starts (see
-    :mod:`pyro_vae.distributed`): a failure on one rank stops every rank, and one rank says why.
-    Without it, a script started by torchrun with several processes is refused."""
+    code (``body``'s if it returns an int). ``processes``: the script runs as one job over the
+    processes torchrun starts (:mod:`pyro_vae.distributed`), a failure on one rank stopping
+    all, one rank saying why; without it, a script under torchrun is refused."""
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, handler) for sig, handler in (

@@ -1,14 +1,10 @@
-"""What every script does before its heavy imports (torch, Pyro, matplotlib, ArviZ).
+"""What every script run as a program does before its heavy imports (torch, Pyro, matplotlib,
+ArviZ); imported (by the tests, by compare.py), it changes nothing.
 
-- Ctrl-C or SIGTERM while they load (seconds) ends the program with one line and exit 130,
-  not a traceback from deep inside an import; :func:`_cli.run_main` takes the signals over
-  once the script's work begins.
-- ArviZ writes a cache under ``~/.cache`` when imported, and matplotlib a config under
-  ``~/.config``; with a HOME where nothing can be written, they are pointed at a temporary
-  folder (removed at exit) instead of crashing the run after its training.
-
-Only a script run as a program is affected: imported (by the tests, by compare.py), it changes
-nothing.
+- Ctrl-C or SIGTERM while they load (seconds) ends the program with one line and exit 130, not
+  a traceback from inside an import; :func:`_cli.run_main` takes the signals over later.
+- ArviZ's cache (``~/.cache``) and matplotlib's config (``~/.config``) go to a temporary folder,
+  removed at exit, where HOME's cannot be written, instead of crashing the run after training.
 """
 
 import atexit
@@ -42,14 +38,12 @@ def writable_caches():
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
     config = os.environ.get("MPLCONFIGDIR") or os.path.join(
         os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "matplotlib")
-    if _writable(os.path.join(cache, "arviz")) and _writable(config):
-        return
-    tmp = tempfile.mkdtemp(prefix="pyro_vae-cache-")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    if not _writable(os.path.join(cache, "arviz")):
-        os.environ["XDG_CACHE_HOME"] = tmp
-    if not _writable(config):
-        os.environ["MPLCONFIGDIR"] = tmp
+    unwritable = [var for var, folder in (("XDG_CACHE_HOME", os.path.join(cache, "arviz")),
+                                          ("MPLCONFIGDIR", config)) if not _writable(folder)]
+    if unwritable:
+        tmp = tempfile.mkdtemp(prefix="pyro_vae-cache-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        os.environ.update(dict.fromkeys(unwritable, tmp))
 
 
 if os.path.dirname(os.path.abspath(sys.argv[0] or ".")) == os.path.dirname(os.path.abspath(__file__)):
