@@ -56,6 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import batches
 from .errors import NonFiniteLossError, RunError, UserError
+from .estimators import Estimate
 from .runs import resolve_device
 from .train import CUDA_CHECK_EVERY, Steps, batch_size_of, rows
 
@@ -153,8 +154,7 @@ class World:
     together."""
 
     def __init__(self, rank=0, size=1, local_rank=0, device=None):
-        self.rank, self.size, self.local_rank = rank, size, local_rank
-        self.device = device
+        self.rank, self.size, self.local_rank, self.device = rank, size, local_rank, device
         self.order = None  # the generator of the permutations, alike on every rank
         self.stopped = False  # an agreement found a failure: no more collectives
         self.finished = False  # past the last collective of the job
@@ -210,13 +210,9 @@ class World:
         0 gave) dropped; returns its value. For work that may write shared files (a download)."""
         if self.size == 1:
             return fn()
-
-        def quietly():
-            with contextlib.redirect_stderr(io.StringIO()):
-                return fn()
-
         value = self._attempt(self.is_main, fn)  # both calls on every rank: agreements
-        later = self._attempt(not self.is_main, quietly)
+        with contextlib.redirect_stderr(sys.stderr if self.is_main else io.StringIO()):
+            later = self._attempt(not self.is_main, fn)
         return value if self.is_main else later
 
     def on_main(self, fn, *args, **kwargs):
@@ -289,8 +285,6 @@ class World:
         each rank on its share, its per-image fields gathered in rank order (that of ``x``)."""
         if self.size == 1:
             return fn(x)
-        from .estimators import Estimate
-
         share, mine = x[self.share(x.shape[0])], None
         if share.shape[0]:
             mine = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(fn(share)).items()}
@@ -376,9 +370,6 @@ class _RankSteps(Steps):
         dist.all_reduce(sums)
         total, seen, test_sum = sums.tolist()
         return total / seen, test_sum / n, seen
-
-    def fail(self, error):  # alike on every rank: rank 0 reports
-        self.world.agree(error if self.world.is_main else None)
 
 
 # The process's world, once :func:`start` made it.

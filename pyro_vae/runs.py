@@ -183,8 +183,7 @@ class Recorder:
     def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):
         self.out, self.model, self.optimizer = out, model, optimizer
         self.config, self.generator, self.epochs = config, generator, epochs
-        self.loss_label = loss_label
-        self.history, self.best = [], float("inf")
+        self.loss_label, self.history, self.best = loss_label, [], float("inf")
 
     def resume(self, state):
         """Restore a ``checkpoint_last.pt``; returns the epoch it finished."""

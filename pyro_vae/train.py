@@ -95,11 +95,9 @@ def lr_schedule(lr, cooldown=0.0):
 
     constant, then falling linearly toward 0 over the last fraction ``c = cooldown`` of the
     steps (the last of N steps takes lr / (c N)): the stable-then-decay end of warmup-stable-decay
-    schedules. ``cooldown=0`` keeps ``lr`` throughout.
-
-    A function of the step alone, so a resumed run steps exactly as an uninterrupted one. A
-    finished run resumed with more ``--epochs`` stretches its schedule to the new length: the
-    rate rises back to ``lr`` (a warm restart) and cools again at the new end.
+    schedules; ``cooldown=0`` keeps ``lr``. A function of the step alone, so a resumed run steps
+    exactly as an uninterrupted one; one resumed with more ``--epochs`` stretches its schedule,
+    the rate rising back to ``lr`` (a warm restart) and cooling again at the new end.
     """
     if cooldown <= 0:
         return lambda t: lr
@@ -179,22 +177,18 @@ class Steps:
         """The epoch's mean training and test losses per image, and the images trained on."""
         return total / seen, test_loss(test), seen
 
-    def fail(self, error):
-        raise error
-
 
 def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epochs, batch_size,
                binarize, generator, start_epoch=0, on_epoch=None, progress=True, columns=None,
                world=None, lr_at=None, check_every=None):
     """The loop of :func:`fit` and :func:`fit_autoencoder`: epochs ``start_epoch + 1 ..
-    epochs``, each row passed to ``on_epoch`` and returned in a list.
-
-    ``x_train`` and ``x_test`` are the images ``(N, ...)``, or dicts of aligned tensors (``"x"``,
-    the images; ``"y"``, labels, ...; see :func:`pyro_vae.data.batches`), batched alike.
-    ``batch_loss(batch, epoch, first)`` returns the loss summed over the batch (``first``: the
-    first step of this call); ``test_loss(x_test)`` the mean loss per image; ``columns(epoch)``
-    extra columns for the epoch's row; ``lr_at(t)`` the learning rate at the fraction t of the
-    run's steps done (:func:`lr_schedule`).
+    epochs``, each row passed to ``on_epoch`` and returned in a list. ``x_train`` and ``x_test``
+    are the images ``(N, ...)``, or dicts of aligned tensors (``"x"``, the images; ``"y"``,
+    labels, ...; see :func:`pyro_vae.data.batches`), batched alike. ``batch_loss(batch, epoch,
+    first)`` returns the loss summed over the batch (``first``: the first step of this call);
+    ``test_loss(x_test)`` the mean loss per image; ``columns(epoch)`` extra columns for the
+    epoch's row; ``lr_at(t)`` the learning rate at the fraction t of the run's steps done
+    (:func:`lr_schedule`).
 
     The loss is checked for NaN or infinity every ``check_every`` steps (default: every step
     on the CPU, where reading it costs no device sync, so that the optimizer never steps on it;
@@ -205,8 +199,7 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
     device = (x_train["x"] if isinstance(x_train, dict) else x_train).device
     check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
     several = world is not None and world.size > 1
-    steps = (world.steps if several else Steps)(module, optimizer, batch_loss, check_every,
-                                                 device)
+    steps = (world.steps if several else Steps)(module, optimizer, batch_loss, check_every, device)
     steps_per_epoch = math.ceil(batch_size_of(x_train) / batch_size)
     history = []
     quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
@@ -236,8 +229,8 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
             train_loss, test_mean, images = steps.means(total.item(), seen, test_loss, x_test)
             row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_mean, **extra,
                    "seconds": seconds, "images_per_second": images / seconds}
-            if not math.isfinite(row["test_loss"]):
-                steps.fail(NonFiniteLossError(epoch, "test", row["test_loss"]))
+            if not math.isfinite(row["test_loss"]):  # alike on every rank: rank 0 says it
+                raise NonFiniteLossError(epoch, "test", row["test_loss"])
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
@@ -259,12 +252,9 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
 
     ``kl_weight(epoch)``, if given, is passed as ``kl_scale`` to model and guide in the epoch's
     training steps (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the
-    true -ELBO. ``lr_at(t)``, if given, sets the learning rate at each step (see
-    :func:`lr_schedule`); otherwise the optimizer's stays. Raises :class:`NonFiniteLossError`
-    on a NaN or infinite loss, before the optimizer steps on it (on a GPU, up to
-    :data:`CUDA_CHECK_EVERY` steps after). ``world``: a :class:`~pyro_vae.distributed.World`
-    of several processes trains one job with DistributedDataParallel, each process its share of
-    every batch (see :mod:`pyro_vae.distributed`); ``generator`` is then this rank's noise.
+    true -ELBO. ``lr_at``, ``world`` and the :class:`NonFiniteLossError` raised on a NaN or
+    infinite loss are those of :func:`run_epochs`; under ``world``, ``generator`` is this
+    rank's noise.
     """
     check_model(vae)
     kl_weight = kl_weight or kl_schedule()
@@ -298,9 +288,8 @@ def evaluate_autoencoder(ae, x, batch_size=1000):
 def fit_autoencoder(ae, optimizer, x_train, x_test, *, epochs, batch_size, binarize, generator,
                     start_epoch=0, on_epoch=None, progress=True, world=None, lr_at=None):
     """Train an :class:`~pyro_vae.autoencoders.Autoencoder` (or DAE) by minibatch gradient
-    descent on its reconstruction loss, with the batches, rows and errors of :func:`fit`;
-    a DAE's noise is drawn from ``generator`` for every batch; ``world`` and ``lr_at`` as for
-    :func:`fit`."""
+    descent on its reconstruction loss, with the batches, rows, errors, ``world`` and ``lr_at``
+    of :func:`fit`; a DAE's noise is drawn from ``generator`` for every batch."""
     return run_epochs(
         ae, optimizer, lambda xb, epoch, first: ae.training_loss(xb, generator),
         lambda x: evaluate_autoencoder(ae, x), x_train, x_test, epochs=epochs,

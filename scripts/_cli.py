@@ -56,8 +56,7 @@ def make_parser(prog, doc):
 
 
 class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) during a run, after what could be saved was; the message says what
-    was saved and how to go on."""
+    """Ctrl-C or SIGTERM, once what could be saved was; the message says what, and how to go on."""
 
 
 @contextlib.contextmanager
@@ -314,8 +313,9 @@ def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None
                 check_data=None):
     """A training run's checks after its settings', before anything is written: the run
     directory (without ``overwrite``, it holds none of ``files``, what the run writes), the
-    data (and ``check_data(data)``, the model's own checks of them), the model's size
-    (counted on the meta device with ``meta_options``, default ``options``), the data's
+    data (and ``check_data(data)``, the model's own checks of them), the model's and a training
+    batch's size against the memory free on the device (the model built on torch's meta device
+    with ``meta_options``, default ``options``, and counted: pyro_vae.resources), the data's
     support (the test set, and the training set unless binarized afresh for every batch).
     Everything is seeded from ``cfg.seed`` before ``build(image_shape, **options)`` makes the
     model. Returns ``(device, data, model)``."""
@@ -327,8 +327,17 @@ def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None
                         binarize=cfg.binarize, device=device)
     if check_data is not None:
         check_data(data)
-    check_model_memory(lambda: build(data.image_shape, **(meta_options or options)), cfg, data,
-                       device, particles)
+    # activations kept for the backward pass, per image and particle: the image through each
+    # layer (64 channels of it for the conv nets), the hidden layers, the code
+    per_item = (math.prod(data.image_shape) * (64 if cfg.arch == "conv" else 4)
+                + 4 * cfg.hidden_dim * cfg.depth + 8 * cfg.latent_dim)
+    settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --depth {cfg.depth} "
+                f"--latent-dim {cfg.latent_dim} --batch-size {cfg.batch_size}"
+                + f" --num-particles {particles}" * (particles > 1)
+                + f" on {'x'.join(map(str, data.image_shape))} images")
+    check_model_size(lambda: build(data.image_shape, **(meta_options or options)),
+                     activations_per_item=per_item, settings=settings, device=device,
+                     items=min(cfg.batch_size, len(data.x_train)) * particles)
     model = build(data.image_shape, **options).to(device)
     model.likelihood.check_data(data.x_test, "test set")
     if cfg.binarize != "dynamic":
@@ -369,22 +378,6 @@ def finish_run(out):
     stale = os.path.join(out, "checkpoint_interrupted.pt")
     if os.path.exists(stale):
         os.remove(stale)
-
-
-def check_model_memory(build, cfg, data, device, particles=1):
-    """Refuse a model (and training batch) larger than the memory free on ``device``: built on
-    torch's meta device, counted, compared (see pyro_vae.resources)."""
-    # activations kept for the backward pass, per image and particle: the image through each
-    # layer (64 channels of it for the conv nets), the hidden layers, the code
-    per_item = (math.prod(data.image_shape) * (64 if cfg.arch == "conv" else 4)
-                + 4 * cfg.hidden_dim * cfg.depth + 8 * cfg.latent_dim)
-    settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --depth {cfg.depth} "
-                f"--latent-dim {cfg.latent_dim} --batch-size {cfg.batch_size}"
-                + f" --num-particles {particles}" * (particles > 1)
-                + f" on {'x'.join(map(str, data.image_shape))} images")
-    check_model_size(build, activations_per_item=per_item,
-                     items=min(cfg.batch_size, len(data.x_train)) * particles, settings=settings,
-                     device=device)
 
 
 def save_figures(figures, out):

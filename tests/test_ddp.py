@@ -195,6 +195,28 @@ def test_an_interrupt_after_training_keeps_the_scripts_message_on_rank_0():
     assert out[1][:2] == ("error", "PeerStopped"), out
 
 
+def _nan_test_loss():
+    """A script's main (together) whose first epoch ends with a NaN test loss on every rank."""
+    with distributed.together():
+        world = distributed.start("cpu")
+        vae = _vae()
+        loss = make_elbo("trace")
+        x = torch.bernoulli(_images(16))
+        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+        run_epochs(vae, optimizer,
+                   lambda xb, epoch, first: loss.differentiable_loss(vae.model, vae.guide, xb),
+                   lambda x: float("nan"), x, x[:4], epochs=2, batch_size=4, binarize="none",
+                   generator=world.generator(0, x.device), progress=False, world=world)
+    return "finished"
+
+
+def test_a_nan_test_loss_stops_every_rank_with_one_message():
+    out = launch(_nan_test_loss, 2, timeout=90)
+    assert out[0][:2] == ("error", "NonFiniteLossError"), out  # rank 0 says it
+    assert "epoch 1, step test" in out[0][2]
+    assert out[1][:2] == ("error", "PeerStopped"), out  # the other leaves silently
+
+
 def _more_processes_than_gpus():
     torch.cuda.device_count = lambda: 1  # this process's torch only
     distributed.resolve_device = lambda name: torch.device("cuda")
