@@ -25,7 +25,6 @@ __all__ = [
     "DistributedRecorder",
     "Recorder",
     "check_out",
-    "check_resume",
     "lock_run_dir",
     "prepare_run_dir",
     "release_locks",
@@ -114,17 +113,6 @@ def release_locks():
         os.close(_held_locks.popitem()[1])
 
 
-def check_resume(state, run_dir, processes):
-    """Refuse to resume a checkpoint ``state`` written by another number of processes than
-    ``processes`` (a run's ``world.size``)."""
-    saved = processes if state is None else state.get("world_size", 1)
-    if saved != processes:
-        how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "python, not torchrun"
-        raise CheckpointError(
-            f"{run_dir} was trained by {saved} process{'es' if saved > 1 else ''}, and this is "
-            f"{processes}: a run resumes exactly only as it ran; resume it with {how}")
-
-
 def _json_safe(obj):
     """``obj`` with every float that is not finite replaced by None (JSON has no inf or NaN)."""
     if isinstance(obj, float):
@@ -178,6 +166,7 @@ class Recorder:
     history); then rewrites the metrics files, and prints one line."""
 
     writes = True  # whether this process writes the run directory
+    processes = 1  # the processes of the run, which only they resume exactly
     _lacks = ""  # what else a checkpoint that does not load may lack, for the error
 
     def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):
@@ -186,7 +175,13 @@ class Recorder:
         self.loss_label, self.history, self.best = loss_label, [], float("inf")
 
     def resume(self, state):
-        """Restore a ``checkpoint_last.pt``; returns the epoch it finished."""
+        """Restore a ``checkpoint_last.pt`` of as many processes; returns the epoch it finished."""
+        saved = state.get("world_size", 1)
+        if saved != self.processes:
+            how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "python, not torchrun"
+            raise CheckpointError(
+                f"{self.out} was trained by {saved} process{'es' * (saved > 1)}, and this is "
+                f"{self.processes}: a run resumes exactly only as it ran; resume it with {how}")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -256,7 +251,7 @@ class DistributedRecorder(Recorder):
 
     def __init__(self, world, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.world, self.writes = world, world.is_main
+        self.world, self.writes, self.processes = world, world.is_main, world.size
         self._lacks = f", or lacks rank {world.rank}'s random state"
         self._rng = None
 

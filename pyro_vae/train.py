@@ -148,8 +148,8 @@ class Steps:
 
     def batches(self, train, batch_size, *, binarize, generator):
         """``(batch, images in the global batch)`` per step of an epoch."""
-        for batch in batches(train, batch_size, binarize=binarize, generator=generator):
-            yield batch, batch_size_of(batch)
+        return ((b, batch_size_of(b)) for b in batches(train, batch_size, binarize=binarize,
+                                                           generator=generator))
 
     def nonfinite(self, loss, epoch, step, check):
         """The :class:`NonFiniteLossError` of a bad ``loss``, else None; with ``check_every >
@@ -252,8 +252,11 @@ def fit(vae, loss, optimizer, x_train, x_test, *, epochs, batch_size, binarize, 
 
     ``kl_weight(epoch)``, if given, is passed as ``kl_scale`` to model and guide in the epoch's
     training steps (beta-VAE, KL warm-up; see :func:`kl_schedule`); test losses are always the
-    true -ELBO. ``lr_at``, ``world`` and the :class:`NonFiniteLossError` raised on a NaN or
-    infinite loss are those of :func:`run_epochs`; under ``world``, ``generator`` is this
+    true -ELBO. ``lr_at(t)``, if given, sets the learning rate at each step (:func:`lr_schedule`).
+    A NaN or infinite loss raises :class:`NonFiniteLossError` before the optimizer steps on it
+    (on a GPU, up to :data:`CUDA_CHECK_EVERY` steps after). ``world``: a
+    :class:`~pyro_vae.distributed.World` of several processes trains one job with
+    DistributedDataParallel, each process its share of every batch; ``generator`` is then this
     rank's noise.
     """
     check_model(vae)

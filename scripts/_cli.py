@@ -33,8 +33,8 @@ from pyro_vae.errors import (CheckpointError, ConfigError, NonFiniteLossError, R
 from pyro_vae.files import save_figure
 from pyro_vae.nets import ACTIVATIONS, NETS
 from pyro_vae.resources import check_model_size
-from pyro_vae.runs import (DistributedRecorder, Recorder, check_out, check_resume, lock_run_dir,
-                           prepare_run_dir, release_locks, resolve_device, write_json)
+from pyro_vae.runs import (DistributedRecorder, Recorder, check_out, lock_run_dir, prepare_run_dir,
+                           release_locks, resolve_device, write_json)
 
 matplotlib.use("Agg")  # the scripts write files; no display is needed or wanted
 
@@ -157,8 +157,8 @@ def check_positive_finite(cfg, names):
     for name in names:
         value = getattr(cfg, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive and finite, "
-                              f"got {value}")
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be positive and finite, got {value}")
 
 
 SEED_RANGE = 2**32  # numpy's and torch's generators take seeds in [0, 2**32)
@@ -215,10 +215,9 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
     its data are read from and :data:`CHANGEABLE_ON_RESUME`; another flag that differs from the
     run's setting is refused. A run with all its epochs but lacking some of ``outputs(cfg)`` is
     finished; one stopped before its first epoch (no checkpoint) is started again in place."""
-    if not args.resume:
-        cfg = config_cls(**{f.name: getattr(args, f.name, f.default)  # (num_classes: no flag)
-                            for f in dataclasses.fields(config_cls)})
-        return cfg, None, args.overwrite
+    if not args.resume:  # (getattr's default: num_classes has no flag)
+        return config_cls(**{f.name: getattr(args, f.name, f.default)
+                             for f in dataclasses.fields(config_cls)}), None, args.overwrite
     run_dir = args.resume
     if "overwrite" in explicit:
         raise ConfigError("--overwrite and --resume exclude each other: --resume continues the "
@@ -349,17 +348,16 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
     """The start of every training run, in the order that matters: join the job (torchrun);
     ``prepare(cfg, resume, overwrite)`` checks settings, run directory, data and model before
     anything is written, and builds the model from the seed (rank 0 first: it may download);
-    a checkpoint of another number of processes is refused; rank 0 makes the run directory
-    (only now, so that a refused run leaves no folder behind) and locks it
-    (:func:`~pyro_vae.runs.lock_run_dir`: a second process writing it is refused before it
-    writes anything); then the optimizer, and only then the data generator (several ranks
-    re-seed torch per rank, which must come after every rank built the same model); the
-    recorder restores a resumed run's states; config.json is written. Returns ``(world,
-    device, data, model, optimizer, generator, recorder, start_epoch)``."""
+    rank 0 makes the run directory (only now, so that a refused run leaves no folder behind)
+    and locks it (:func:`~pyro_vae.runs.lock_run_dir`: a second process writing it is refused
+    before it writes anything); then the optimizer, and only then the data generator (several
+    ranks re-seed torch per rank, which must come after every rank built the same model); the
+    recorder restores a resumed run's states (refusing a checkpoint of another number of
+    processes); config.json is written. Returns ``(world, device, data, model, optimizer,
+    generator, recorder, start_epoch)``."""
     resume = resume_state is not None
     world = distributed.start(cfg.device)
     device, data, model = world.in_turn(lambda: prepare(cfg, resume, overwrite))
-    check_resume(resume_state, cfg.out, world.size)
     if not resume:
         world.on_main(prepare_run_dir, cfg.out, files, overwrite=overwrite)
     world.on_main(lock_run_dir, cfg.out)
@@ -375,9 +373,8 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
 
 def finish_run(out):
     """After a run's last output is written: a stale ``checkpoint_interrupted.pt`` goes."""
-    stale = os.path.join(out, "checkpoint_interrupted.pt")
-    if os.path.exists(stale):
-        os.remove(stale)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, "checkpoint_interrupted.pt"))
 
 
 def save_figures(figures, out):
