@@ -484,8 +484,9 @@ def batches(x, batch_size, *, binarize="none", shuffle=True, generator=None, dro
     row per image): each batch is then a dict of the same rows of each. With
     ``binarize="dynamic"`` each batch's images are a fresh draw ``Bernoulli(x[idx])`` from the
     same generator (labels are left alone), so the whole stream is reproducible from the
-    generator's state. ``generator`` must live on the images' device. ``share(b)``, a slice of
-    a batch's b rows, keeps those alone (a process's share of a global batch).
+    generator's state. ``generator`` must live on the images' device. ``share``, a function of
+    a batch's number of rows that returns a slice of them, keeps those alone (a process's share
+    of a global batch).
     """
     fields = x if isinstance(x, dict) else {"x": x}
     images = fields["x"]

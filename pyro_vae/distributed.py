@@ -30,10 +30,10 @@ with no agreement. What a rank does:
   after each epoch's checkpoint, and when a rank leaves the job. Signals are deferred to the
   next agreement while training, and so is an exception in a training step, the failed rank
   running a zero loss meanwhile so that its collectives still match the others'. The lowest
-  failing rank prints the one message (rank 0 for an interrupt: it saves the weights); the
-  others exit silently (:class:`PeerStopped`) with the same exit code. A rank that dies outright
-  is seen by gloo at once, and torchrun stops the rest; a collective that waits longer than
-  :data:`TIMEOUT` fails.
+  failing rank prints the one message (rank 0 for an interrupt: it saves the weights, or says
+  how to finish the run); the others exit silently (:class:`PeerStopped`) with the same exit
+  code. A rank that dies outright is seen by gloo at once, and torchrun stops the rest; a
+  collective that waits longer than :data:`TIMEOUT` fails.
 - **Resume.** Rank 0's checkpoint holds every rank's random state and the number of ranks; a
   run resumes exactly under the same number, and is refused in one line under another.
 
@@ -211,7 +211,8 @@ class World:
         if self.size == 1:
             return fn()
         value = self._attempt(self.is_main, fn)  # both calls on every rank: agreements
-        with contextlib.redirect_stderr(sys.stderr if self.is_main else io.StringIO()):
+        quiet = contextlib.redirect_stderr(io.StringIO()) if self.rank else contextlib.nullcontext()
+        with quiet:  # the others' notices, which rank 0 gave, dropped
             later = self._attempt(not self.is_main, fn)
         return value if self.is_main else later
 
@@ -238,9 +239,9 @@ class World:
 
     @contextlib.contextmanager
     def deferring_interrupts(self):
-        """Ctrl-C and SIGTERM set a flag that the next agreement reads, so that every rank stops
-        at the same step; an agreement on leaving."""
-        if threading.current_thread() is not threading.main_thread():
+        """With several ranks, Ctrl-C and SIGTERM set a flag that the next agreement reads, so
+        that every rank stops at the same step; an agreement on leaving normally."""
+        if self.size == 1 or threading.current_thread() is not threading.main_thread():
             yield
             return
         old = {sig: signal.signal(sig, lambda *_: setattr(self, "interrupted", True))
@@ -317,13 +318,13 @@ class _RankSteps(Steps):
         self.ddp = DistributedDataParallel(_LossModule(module, batch_loss),
                                            device_ids=[world.local_rank] if on_gpu else None)
 
-    def together(self):
+    def epochs_context(self):
         return self.world.deferring_interrupts()
 
     def batches(self, train, batch_size, *, binarize, generator):
         """This rank's share of each global batch of the epoch's permutation (drawn from
         ``world.order``), its images binarized from ``generator``, and the global batch's size."""
-        n = batch_size_of(train)
+        n = batch_size_of(train)  # the global batches are of batch_size, the last of the rest
         return zip(batches(train, batch_size, binarize=binarize, generator=generator,
                            order=self.world.order, share=self.world.share),
                    (min(batch_size, n - start) for start in range(0, n, batch_size)))
@@ -349,7 +350,7 @@ class _RankSteps(Steps):
                 self.optimizer.step()
         except Exception as e:  # noqa: BLE001  (handed to the next agreement)
             self.pending = self.pending or e
-        return loss.detach() if self.pending is None else 0.0
+        return loss.detach() if self.pending is None else 0.0  # (a failed rank's is not summed)
 
     def means(self, total, seen, test_loss, test):
         """An agreement on a failure in the last steps or in ``test_loss`` on this rank's share of

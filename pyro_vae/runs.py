@@ -180,8 +180,8 @@ class Recorder:
         if saved != self.processes:
             how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "python, not torchrun"
             raise CheckpointError(
-                f"{self.out} was trained by {saved} process{'es' * (saved > 1)}, and this is "
-                f"{self.processes}: a run resumes exactly only as it ran; resume it with {how}")
+                f"{self.out} was trained by {saved} process{'es' if saved > 1 else ''}, and this "
+                f"is {self.processes}: a run resumes exactly only as it ran; resume it with {how}")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

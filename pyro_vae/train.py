@@ -139,11 +139,12 @@ class Steps:
 
     reports = True  # whether this process shows the progress bar
 
-    def __init__(self, module, optimizer, batch_loss, check_every, device):
+    def __init__(self, module, optimizer, batch_loss, check_every, device):  # (module: the ranks')
         self.optimizer, self.batch_loss, self.check_every = optimizer, batch_loss, check_every
-        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # step of a NaN, or 0
+        # the step of a NaN, or 0; 0 again at every epoch's start, as its last step is a check
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
 
-    def together(self):  # the context of the epochs (the ranks agree on leaving it)
+    def epochs_context(self):  # (the ranks': interrupts deferred to their agreements)
         return contextlib.nullcontext()
 
     def batches(self, train, batch_size, *, binarize, generator):
@@ -203,7 +204,7 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
     steps_per_epoch = math.ceil(batch_size_of(x_train) / batch_size)
     history = []
     quiet_pyro = pyro_nan_warnings_off() if device.type == "cuda" else contextlib.nullcontext()
-    with steps.together(), quiet_pyro:
+    with steps.epochs_context(), quiet_pyro:
         for epoch in range(start_epoch + 1, epochs + 1):
             module.train()
             extra = columns(epoch) if columns is not None else {}

@@ -270,7 +270,7 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
             passed = os.path.abspath(passed)
         if passed != saved[name]:
             flag = "--" + name.replace("_", "-")
-            lower = " (a lower --lr is taken: it continues a run after a NaN)" * (name == "lr")
+            lower = " (a lower --lr is taken: it continues a run after a NaN)" if name == "lr" else ""
             raise ConfigError(f"{flag} {getattr(args, name)} differs from the run in {run_dir} "
                               f"({name} {saved[name]}); --resume keeps a run's settings: drop "
                               f"{flag}, or start a new run with another --out{lower}")
@@ -332,7 +332,7 @@ def prepare_run(cfg, resume, overwrite, files, build, options, meta_options=None
                 + 4 * cfg.hidden_dim * cfg.depth + 8 * cfg.latent_dim)
     settings = (f"--arch {cfg.arch} --hidden-dim {cfg.hidden_dim} --depth {cfg.depth} "
                 f"--latent-dim {cfg.latent_dim} --batch-size {cfg.batch_size}"
-                + f" --num-particles {particles}" * (particles > 1)
+                + (f" --num-particles {particles}" if particles > 1 else "")
                 + f" on {'x'.join(map(str, data.image_shape))} images")
     check_model_size(lambda: build(data.image_shape, **(meta_options or options)),
                      activations_per_item=per_item, settings=settings, device=device,
@@ -364,8 +364,9 @@ def start_run(cfg, resume_state, overwrite, prepare, files, loss_label):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     generator = world.generator(cfg.seed, device)
     config = dataclasses.asdict(cfg)
-    recorder = (Recorder if world.size == 1 else partial(DistributedRecorder, world))(
-        cfg.out, model, optimizer, config, generator, epochs=cfg.epochs, loss_label=loss_label)
+    recorder_of = Recorder if world.size == 1 else partial(DistributedRecorder, world)
+    recorder = recorder_of(cfg.out, model, optimizer, config, generator, epochs=cfg.epochs,
+                           loss_label=loss_label)
     start_epoch = recorder.resume(resume_state) if resume else 0
     world.on_main(write_json, config, os.path.join(cfg.out, "config.json"))
     return world, device, data, model, optimizer, generator, recorder, start_epoch

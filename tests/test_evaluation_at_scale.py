@@ -155,6 +155,21 @@ def test_ctrl_c_on_one_rank_stops_both_with_one_line_and_resume_finishes(run, re
     assert _rows(out / "per_image.csv") == _rows(reference / "per_image.csv")
 
 
+def test_ctrl_c_in_one_process_stops_at_once_and_keeps_the_saved_chunks(run, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), run,
+                             *EVAL, "--out", out], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT, **ONE_THREAD))
+    _wait_for_chunk(proc, out / "evaluation_chunks", "ais300")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)  # within the chunk, not at the end of the work
+    assert proc.returncode == 130, stderr
+    assert "interrupted: " in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert not (out / "per_image.csv").exists()
+    assert any(n.startswith("ais300") for n in os.listdir(out / "evaluation_chunks"))
+
+
 def test_resume_refuses_what_would_change_the_numbers(capsys, run, reference, tmp_path):
     out = tmp_path / "eval"
     shutil.copytree(reference, out)
