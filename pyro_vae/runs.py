@@ -166,7 +166,7 @@ class Recorder:
     history); then rewrites the metrics files, and prints one line."""
 
     writes = True  # whether this process writes the run directory
-    processes = 1  # the processes of the run, which only they resume exactly
+    processes = 1  # the run's processes: a checkpoint resumes exactly only under as many
     _lacks = ""  # what else a checkpoint that does not load may lack, for the error
 
     def __init__(self, out, model, optimizer, config, generator, *, epochs, loss_label="loss"):

@@ -16,6 +16,7 @@ import time
 import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import renyi_elbo, trace_elbo, trace_mean_field_elbo  # their warn_if_nan
 from tqdm import tqdm
 
 from .data import batches
@@ -108,11 +109,7 @@ def lr_schedule(lr, cooldown=0.0):
 def pyro_nan_warnings_off():
     """Pyro's ELBOs test the loss for NaN on the host (``warn_if_nan``): a device sync per step
     on a GPU. The loop checks the loss itself, so on a GPU the test is left out."""
-    import pyro.infer.renyi_elbo
-    import pyro.infer.trace_elbo
-    import pyro.infer.trace_mean_field_elbo
-
-    modules = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo, pyro.infer.renyi_elbo)
+    modules = (trace_elbo, trace_mean_field_elbo, renyi_elbo)
     saved = [m.warn_if_nan for m in modules]
     for m in modules:
         m.warn_if_nan = lambda value, *args, **kwargs: value

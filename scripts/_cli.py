@@ -270,7 +270,8 @@ def config_from_args(config_cls, args, explicit, model, script, outputs):
             passed = os.path.abspath(passed)
         if passed != saved[name]:
             flag = "--" + name.replace("_", "-")
-            lower = " (a lower --lr is taken: it continues a run after a NaN)" if name == "lr" else ""
+            lower = " (a lower --lr is taken: it continues a run after a NaN)" if name == "lr" \
+                else ""
             raise ConfigError(f"{flag} {getattr(args, name)} differs from the run in {run_dir} "
                               f"({name} {saved[name]}); --resume keeps a run's settings: drop "
                               f"{flag}, or start a new run with another --out{lower}")
