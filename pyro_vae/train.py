@@ -213,9 +213,10 @@ def run_epochs(module, optimizer, batch_loss, test_loss, x_train, x_test, *, epo
                        disable=not (progress and steps.reports), unit="batch")
             for step, (batch, global_size) in enumerate(bar, 1):
                 if lr_at is not None:  # at the fraction of the run's steps done before this one
-                    done = (epoch - 1) * steps_per_epoch + step - 1
+                    lr = lr_at(((epoch - 1) * steps_per_epoch + step - 1)
+                               / (epochs * steps_per_epoch))
                     for group in optimizer.param_groups:
-                        group["lr"] = lr_at(done / (epochs * steps_per_epoch))
+                        group["lr"] = lr
                 total += steps.step(batch, global_size, epoch, step,
                                     first=not history and step == 1,
                                     check=step % check_every == 0 or step == steps_per_epoch)
