@@ -19,15 +19,13 @@ import time
 import pyro
 
 from pyro_vae.ais import ais_log_likelihood
-from pyro_vae.annealing import gradient_evaluations
+from pyro_vae.annealing import TUNE_CHAINS, gradient_evaluations
 from pyro_vae.bdmc import bdmc
 from pyro_vae.build import vae_from_checkpoint
 from pyro_vae.checkpoint import find_checkpoint, load_checkpoint
 from pyro_vae.data import load_dataset
 from pyro_vae.estimators import log_likelihood
 from pyro_vae.evaluation import paired_difference
-
-TUNE_CHAINS = 4
 
 
 def setting(text):

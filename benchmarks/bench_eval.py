@@ -67,7 +67,7 @@ def main():
     if args.device not in ("cpu", "cuda") or available < 1:
         parser.error(f"--device {args.device}: none is available here; use cpu or cuda")
     for name in ("max_procs", "images", "samples", "ais_steps"):
-        if (getattr(args, name) or 1) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:  # (max_procs: None)
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run

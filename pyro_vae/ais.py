@@ -52,6 +52,7 @@ from .annealing import (
     log_mean_exp,
     schedule_betas,
     sigmoid_schedule,
+    TUNE_CHAINS,
     TUNE_PASSES,
 )
 from .estimators import Estimate
@@ -115,7 +116,7 @@ def merge_ais(parts):
 
 
 def ais_log_likelihood(model, guide, x, *, num_steps=200, num_chains=8, num_leapfrog=3,
-                       tune_chains=4, tune_passes=TUNE_PASSES, schedule="sigmoid", start="guide",
+                       tune_chains=TUNE_CHAINS, tune_passes=TUNE_PASSES, schedule="sigmoid", start="guide",
                        step_size=None, batch_size=None, progress=False, data_plate="data",
                        max_plate_nesting=1, **kwargs):
     """Per-image AIS estimates of log p(x): ``log (1/C) sum_c w_c`` over C = ``num_chains``.
@@ -145,11 +146,11 @@ def ais_log_likelihood(model, guide, x, *, num_steps=200, num_chains=8, num_leap
                              batch_size=batch_size, progress=progress, data_plate=data_plate,
                              max_plate_nesting=max_plate_nesting, kwargs=kwargs, passes=1,
                              desc="AIS", tune_passes=tune_passes):
-        log_w, step_sizes, rates = chunk.forward()
+        log_w, rates = chunk.forward()
         parts.append(AISEstimate(
             log_mean_exp(log_w).to(x.dtype).cpu(), num_chains,
             effective_sample_size(log_w).to(x.dtype).cpu(),
-            betas=schedule_betas(schedule, num_steps), image_step_sizes=step_sizes.cpu(),
+            betas=schedule_betas(schedule, num_steps), image_step_sizes=chunk.step_sizes.cpu(),
             image_acceptance=rates,
             evaluations=gradient_evaluations(num_steps, num_chains, num_leapfrog, tune_chains,
                                              step_size, tune_passes=tune_passes)))

@@ -36,6 +36,8 @@ __all__ = [
     "SCHEDULES",
     "STARTS",
     "TARGET_ACCEPT",
+    "PAIRS_PER_PASS",
+    "TUNE_CHAINS",
     "TUNE_PASSES",
     "AnnealedChains",
     "AnnealingTarget",
@@ -58,6 +60,8 @@ _INITIAL_ROUNDS = 15  # HMC rounds at beta = 0 that size the pilot's first step
 _ADAPT_UP, _ADAPT_DOWN = 1.02, 0.98  # the pilot's first pass, after each transition
 _TUNE_UP, _TUNE_DOWN = 1.25, 0.8  # a stage's step size after a pilot pass above / below target
 TUNE_PASSES = 2  # pilot passes through the whole schedule: one adapting, then frozen ones
+TUNE_CHAINS = 4  # the pilot's chains
+PAIRS_PER_PASS = 4096  # (chain, image) pairs annealed together by default
 
 
 def sigmoid_schedule(num_steps, radius=4.0):
@@ -280,8 +284,8 @@ def initial_step_size(target, u, num_leapfrog, rounds=_INITIAL_ROUNDS):
 
 def anneal(target, u, betas, step_sizes, num_leapfrog, reverse=False, progress=None):
     """Run the chains from ``u`` through the schedule with frozen ``step_sizes`` ``(T - 1, N)``;
-    returns log weights ``(C, N)`` (float64), the step sizes used ``(T - 1, N)`` and the
-    acceptance rate of each transition and image over the chains ``(T - 1, N)``.
+    returns log weights ``(C, N)`` (float64) and the acceptance rate of each transition and
+    image over the chains ``(T - 1, N)`` (on the CPU, copied there once, at the end).
 
     Forward: for t = 1..T, add (beta_t - beta_{t-1}) g(z), then (t < T) an HMC step for f_t.
     Reverse (from an exact posterior draw): for t = T..1, add (beta_{t-1} - beta_t) g(z), then
@@ -290,7 +294,7 @@ def anneal(target, u, betas, step_sizes, num_leapfrog, reverse=False, progress=N
     num_steps = len(betas) - 1
     state = (u,) + target.evaluate(u)
     log_w = torch.zeros(u.shape[:2], dtype=torch.float64, device=u.device)
-    rates = torch.empty(max(num_steps - 1, 0), u.shape[1], dtype=torch.float64)
+    rates = torch.empty(max(num_steps - 1, 0), u.shape[1], dtype=torch.float64, device=u.device)
     stages = range(num_steps, 0, -1) if reverse else range(1, num_steps + 1)
     for t in stages:
         ratio = (betas[t - 1] - betas[t]) if reverse else (betas[t] - betas[t - 1])
@@ -299,10 +303,10 @@ def anneal(target, u, betas, step_sizes, num_leapfrog, reverse=False, progress=N
         if 1 <= k <= num_steps - 1:
             state, accept = hmc_step(target, state, float(betas[k]), step_sizes[k - 1],
                                      num_leapfrog)
-            rates[k - 1] = accept.double().mean(0).cpu()  # (N,) over the chains
+            rates[k - 1] = accept.double().mean(0)  # (N,) over the chains
         if progress is not None:
             progress.update(1)
-    return log_w, step_sizes, rates
+    return log_w, rates.cpu()
 
 
 def tune_step_sizes(target, betas, num_leapfrog, passes=TUNE_PASSES, progress=None):
@@ -331,8 +335,8 @@ def tune_step_sizes(target, betas, num_leapfrog, passes=TUNE_PASSES, progress=No
     if progress is not None:
         progress.update(1)  # (as many updates as a pass of anneal: one per stage)
     for _ in range(passes - 1):
-        _, _, rates = anneal(target, target.initial(), betas, sizes, num_leapfrog,
-                             progress=progress)
+        _, rates = anneal(target, target.initial(), betas, sizes, num_leapfrog,
+                          progress=progress)
         up = (rates > TARGET_ACCEPT).to(sizes.device)
         sizes = (sizes * torch.where(up, _TUNE_UP, _TUNE_DOWN)).clamp(*_STEP_SIZE_RANGE)
     return sizes
@@ -414,7 +418,7 @@ def annealed_batches(model, guide, x, *, num_steps, num_chains, num_leapfrog, tu
     check_settings(num_steps, num_chains, num_leapfrog, tune_chains, schedule, start, step_size,
                    tune_passes)
     betas = schedule_betas(schedule, num_steps)
-    batch_size = batch_size or max(1, 4096 // num_chains)  # about 4096 (chain, image) pairs
+    batch_size = batch_size or max(1, PAIRS_PER_PASS // num_chains)
     n = x.shape[0]
     chunks = math.ceil(n / batch_size)
     per_chunk = (len(betas) - 1) * (passes + (step_size is None and len(betas) > 2) * tune_passes)

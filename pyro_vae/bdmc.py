@@ -30,6 +30,7 @@ from .annealing import (
     gradient_evaluations,
     log_mean_exp,
     schedule_betas,
+    TUNE_CHAINS,
     TUNE_PASSES,
 )
 
@@ -94,7 +95,7 @@ def simulate(model, x, **kwargs):
     return x_sim.to(x.dtype), latent
 
 
-def bdmc(model, guide, x, *, num_steps=200, num_chains=8, num_leapfrog=3, tune_chains=4,
+def bdmc(model, guide, x, *, num_steps=200, num_chains=8, num_leapfrog=3, tune_chains=TUNE_CHAINS,
          tune_passes=TUNE_PASSES, schedule="sigmoid", start="guide", step_size=None, batch_size=None, progress=False,
          data_plate="data", max_plate_nesting=1, **kwargs):
     """BDMC bounds on log p(x) for ``x.shape[0]`` images simulated from ``model``.
@@ -112,8 +113,8 @@ def bdmc(model, guide, x, *, num_steps=200, num_chains=8, num_leapfrog=3, tune_c
                              batch_size=batch_size, progress=progress, data_plate=data_plate,
                              max_plate_nesting=max_plate_nesting, kwargs=kwargs, passes=2,
                              desc="BDMC", tune_passes=tune_passes):
-        log_w, _, acc = chunk.forward()  # acceptance (T - 1, n)
-        log_w_rev, _, acc_rev = chunk.reverse({s: z[sl] for s, z in z_exact.items()})
+        log_w, acc = chunk.forward()  # acceptance (T - 1, n)
+        log_w_rev, acc_rev = chunk.reverse({s: z[sl] for s, z in z_exact.items()})
         lower.append(log_mean_exp(log_w).cpu())
         upper.append(-log_mean_exp(log_w_rev).cpu())
         ess_f.append(effective_sample_size(log_w).cpu())

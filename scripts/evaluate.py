@@ -49,7 +49,8 @@ from _cli import MAX_SIZE, Interrupted, check_seed, make_parser, run_main, save_
 from pyro_vae import distributed
 from pyro_vae.ais import AISEstimate, ais_log_likelihood, merge_ais
 from pyro_vae.annealing import (
-    TUNE_PASSES, AnnealingTarget, gradient_evaluations, schedule_betas,
+    PAIRS_PER_PASS, TUNE_CHAINS, TUNE_PASSES, AnnealingTarget, gradient_evaluations,
+    schedule_betas,
 )
 from pyro_vae.bdmc import BDMCResult, bdmc, merge_bdmc
 from pyro_vae.build import fill_earlier, vae_from_checkpoint
@@ -71,7 +72,6 @@ from pyro_vae.runs import check_out, lock_run_dir, prepare_run_dir, resolve_devi
 
 PROG = "evaluate.py"
 ALL = "all"  # an image count: the whole test set
-TUNE_CHAINS = 4  # the AIS pilot's chains
 STORE = "evaluation_chunks"
 
 
@@ -249,7 +249,9 @@ def check_memory(cfg, train_cfg, pixels, device):
     needs = []
     if cfg.ais_images or cfg.bdmc_images:
         stages = 8 * (steps + 1) + 3 * 8 * steps * CHUNK  # schedule; per-image step sizes, rates
-        needs.append((max(4096, cfg.ais_chains * CHUNK) * pair + stages,
+        # a pass anneals as many of a chunk's images as make about PAIRS_PER_PASS pairs
+        pairs = cfg.ais_chains * min(CHUNK, max(1, PAIRS_PER_PASS // cfg.ais_chains))
+        needs.append((pairs * pair + stages,
                       f"--ais-chains {cfg.ais_chains} --ais-steps {steps}"))
     if cfg.gap_images:
         needs.append((1000 * min(CHUNK, cfg.gap_images) * pair, f"--gap-images {cfg.gap_images}"))
@@ -479,12 +481,13 @@ def evaluate(run, world):
     """Estimate every task of one prepared run (saving each chunk as it ends), then on rank 0
     write its files; returns the summary (rank 0) or None."""
     cfg, vae, x_test = run.cfg, run.vae, run.data.x_test
-    if world.is_main:
+    def claim():  # rank 0, then an agreement: a failure there stops every rank in one line
         prepare_run_dir(run.out, (), overwrite=True)
         lock_run_dir(run.out)
         if not cfg.resume:
             run.store.create(run.settings)
-    world.agree()
+
+    world.on_main(claim)
     done = world.gather(run.store.load() if world.is_main else None)[0]
     discrete = check_program(vae.model, vae.guide, x_test[:2])
     discrete = (discrete.enumerated + discrete.discrete_sampled)[:1]
@@ -502,8 +505,8 @@ def evaluate(run, world):
               f"{run.data.source}, K = {cfg.samples}; {len(first) + len(second)} chunks"
               + (f", {len(saved)} saved already" if cfg.resume else "")
               + (f", over {world.size} processes" if world.size > 1 else ""))
-        if todo or unsaved_gaps:
-            estimate_time(cfg, vae, x_test, todo + unsaved_gaps, world.size)
+    if todo or unsaved_gaps:  # (alike on every rank)
+        world.on_main(estimate_time, cfg, vae, x_test, todo + unsaved_gaps, world.size)
     family = _gap_family(run.state["config"])
 
     def save(task, payload):

@@ -9,6 +9,7 @@ from closed_form import GammaPoisson, LinearGaussian
 import pyro.distributions as dist
 
 from pyro_vae.ais import ais_log_likelihood, linear_schedule, sigmoid_schedule
+from pyro_vae import annealing
 from pyro_vae.annealing import AnnealingTarget, annealed_batches, hmc_step
 from pyro_vae.bdmc import bdmc, simulate
 from pyro_vae.estimators import log_likelihood
@@ -104,9 +105,10 @@ def test_simulate_samples_the_observed_site(lg):
     assert x_sim.shape == x.shape and set(z) == {"z"} and z["z"].shape == (4, lg.latent)
 
 
-def test_estimating_chains_use_the_frozen_pilot_schedule(lg):
-    # the step sizes of the forward and the reverse pass are exactly the pilot's, whatever the
-    # estimating chains accept: their transitions do not depend on their own past
+def test_estimating_chains_use_the_frozen_pilot_schedule(lg, monkeypatch):
+    # the step sizes every HMC transition of the forward and the reverse pass is given are
+    # exactly the pilot's, whatever the estimating chains accept: their transitions do not
+    # depend on their own past
     x = lg.data(6)
     _, chunk = next(annealed_batches(lg.model, lg.poor_guide, x, num_steps=12, num_chains=4,
                             num_leapfrog=2, tune_chains=3, schedule="sigmoid", start="guide",
@@ -114,11 +116,18 @@ def test_estimating_chains_use_the_frozen_pilot_schedule(lg):
                             max_plate_nesting=1, kwargs={}, passes=2, desc=""))
     pilot = chunk.step_sizes.clone()
     assert pilot.shape == (11, 6) and not bool((pilot == pilot[0]).all())  # tuned per stage
-    _, used, _ = chunk.forward()
-    torch.testing.assert_close(used, pilot, rtol=0, atol=0)
-    z = {"z": lg.posterior_mean(x)}
-    _, used_reverse, _ = chunk.reverse(z)
-    torch.testing.assert_close(used_reverse, pilot, rtol=0, atol=0)
+    given = []
+
+    def spy(target, state, beta, step_size, num_leapfrog):
+        given.append(step_size.clone())
+        return hmc_step(target, state, beta, step_size, num_leapfrog)
+
+    monkeypatch.setattr(annealing, "hmc_step", spy)
+    chunk.forward()  # transitions 1 .. T-1
+    torch.testing.assert_close(torch.stack(given), pilot, rtol=0, atol=0)
+    given.clear()
+    chunk.reverse({"z": lg.posterior_mean(x)})  # transitions T-1 .. 1
+    torch.testing.assert_close(torch.stack(given[::-1]), pilot, rtol=0, atol=0)
     # with a fixed step size there is no pilot, and that size is used at every transition
     fixed = ais_log_likelihood(lg.model, lg.poor_guide, x, num_steps=30, num_chains=4,
                                step_size=0.2)
